@@ -1,0 +1,128 @@
+"""The `bon` command. Subcommands import their modules lazily, so `bon serve` never loads a trainer.
+
+Every subcommand that reports figures takes `--json` and then prints them as one JSON object on stdout
+(progress bars and logs go to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def _field_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """One `--flag` per dataclass field (nested dataclasses get a prefix), with the field's docstring as help."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(kind):
+            _field_flags(parser, kind, prefix=f"{name}.")
+            continue
+        base = typing.get_args(kind)[0] if typing.get_origin(kind) in (typing.Union, type(int | None)) else kind
+        if base is bool:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, action=argparse.BooleanOptionalAction,
+                                default=None)
+        else:
+            convert = base if base in (int, float, str, Path) else str
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=convert, default=None,
+                                metavar=base.__name__.upper() if isinstance(base, type) else "VALUE")
+
+
+def _build_config(cls: type, args: argparse.Namespace, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            values[f.name] = _build_config(hints[f.name], args, prefix=f"{name}.")
+        elif getattr(args, name, None) is not None:
+            values[f.name] = getattr(args, name)
+    return cls(**values)
+
+
+def _emit(args: argparse.Namespace, figures: dict[str, Any], human: Callable[[dict[str, Any]], str]) -> None:
+    if args.json:
+        print(json.dumps(figures, default=str))
+    else:
+        print(human(figures))
+
+
+def _summary(figures: dict[str, Any]) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in figures.items() if not isinstance(v, list | dict)) + (
+        "\n" + "\n".join(f"{k}: {json.dumps(v)}" for k, v in figures.items() if isinstance(v, dict))
+    )
+
+
+def _train(args: argparse.Namespace) -> None:
+    from training.registry import TRAINERS
+
+    config_cls, train = TRAINERS[args.method]()
+    manifest = train(_build_config(config_cls, args))
+    if manifest is not None:
+        _emit(args, {"version": manifest.version, "method": manifest.method, **manifest.figures}, _summary)
+
+
+def _eval_policy(args: argparse.Namespace) -> None:
+    from training import world
+    from training.evaluate import evaluate_policy, load_policy
+
+    model, tokenizer = load_policy(args.checkpoint)
+    prompts = world.prompts(args.split, args.prompts, args.seed)
+    report = evaluate_policy(model, tokenizer, prompts, k=args.k, temperature=args.temperature, seed=args.seed)
+    report["checkpoint"] = str(args.checkpoint)
+    _emit(args, report, _summary)
+
+
+def _build_default(args: argparse.Namespace) -> None:
+    from training.build_default import build_default
+
+    report = build_default(with_tuned=args.with_tuned, force=args.force)
+    _emit(args, report, _summary)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from training.registry import TRAINERS
+
+    parser = argparse.ArgumentParser(prog="bon", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a checkpoint").add_subparsers(dest="method", required=True)
+    for method, factory in TRAINERS.items():
+        p = train.add_parser(method, help=f"train the {method} checkpoint")
+        _field_flags(p, factory()[0])
+        p.add_argument("--json", action="store_true", help="print the final figures as one JSON object")
+        p.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="evaluate checkpoints").add_subparsers(dest="what", required=True)
+    pol = ev.add_parser("policy", help="gold reward, flaw rates and well-formed rate of a policy")
+    pol.add_argument("checkpoint", type=Path)
+    pol.add_argument("--prompts", type=int, default=250, help="held-out prompts")
+    pol.add_argument("-k", type=int, default=4, help="answers sampled per prompt")
+    pol.add_argument("--temperature", type=float, default=1.0)
+    pol.add_argument("--split", choices=["validation", "test"], default="test")
+    pol.add_argument("--seed", type=int, default=0)
+    pol.add_argument("--json", action="store_true")
+    pol.set_defaults(func=_eval_policy)
+
+    bd = sub.add_parser("build-default", help="build the embedded default checkpoints that are missing")
+    bd.add_argument("--with-tuned", action="store_true", help="also DPO and PPO")
+    bd.add_argument("--force", action="store_true", help="rebuild even when present")
+    bd.add_argument("--json", action="store_true")
+    bd.set_defaults(func=_build_default)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.func(args)

@@ -1,0 +1,188 @@
+"""The checkpoint format: a Hugging Face directory plus `manifest.json`, written atomically, verified by hash.
+
+A checkpoint directory holds `config.json`, `*.safetensors` weights, tokenizer files with a chat template, and
+a manifest that records what the checkpoint is (kind, method, parent), how it was made (hyper-parameters), how
+good it is (figures), and the sha256 of every file beside it. Loading code calls `verify` first, so a truncated,
+tampered or pickled file never reaches `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+MANIFEST = "manifest.json"
+Kind = Literal["policy", "reward"]
+# Formats that unpickle on load: never accepted beside a checkpoint.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that must not be loaded: missing, malformed, tampered or unsafe."""
+
+
+@dataclass
+class Manifest:
+    kind: Kind
+    method: str
+    parent: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    """sha256 of every file in the directory but the manifest, by relative path."""
+    created: float = field(default_factory=time.time)
+    version: str = ""
+    """`<method>-<first 10 hex of the hash over all file hashes>`: names what served a request."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        try:
+            manifest = cls(**data)
+        except TypeError as exc:
+            raise CheckpointError(f"malformed manifest: {exc}") from exc
+        if manifest.kind not in ("policy", "reward"):
+            raise CheckpointError(f"manifest kind must be 'policy' or 'reward', got {manifest.kind!r}")
+        if not isinstance(manifest.files, dict) or not manifest.files:
+            raise CheckpointError("manifest lists no files")
+        return manifest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hash_files(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): sha256_file(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def _version(method: str, files: dict[str, str]) -> str:
+    digest = hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(files.items())).encode()).hexdigest()
+    return f"{method}-{digest[:10]}"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_checkpoint(
+    out_dir: Path,
+    save: Callable[[Path], None],
+    *,
+    kind: Kind,
+    method: str,
+    parent: str | None = None,
+    hyperparameters: dict[str, Any] | None = None,
+    figures: dict[str, Any] | None = None,
+) -> Manifest:
+    """Build a checkpoint in a temporary sibling directory, hash it, then move it into place.
+
+    `save(tmp_dir)` writes the model and tokenizer (e.g. `save_pretrained`). A crash at any point leaves
+    either the previous checkpoint or the new one at `out_dir`, never a partial directory.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        save(tmp)
+        unsafe = [p.name for p in tmp.rglob("*") if p.suffix in _PICKLE_SUFFIXES]
+        if unsafe:
+            raise CheckpointError(f"refusing to write pickled files: {unsafe}")
+        files = _hash_files(tmp)
+        manifest = Manifest(
+            kind=kind,
+            method=method,
+            parent=parent,
+            hyperparameters=hyperparameters or {},
+            figures=figures or {},
+            files=files,
+            version=_version(method, files),
+        )
+        with open(tmp / MANIFEST, "w") as f:
+            f.write(manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _swap_into_place(new: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}-{time.time_ns()}"
+        os.rename(target, old)
+    os.rename(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(directory: Path) -> Manifest:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {MANIFEST}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: a manifest is a JSON object")
+    return Manifest.from_dict(data)
+
+
+def verify(directory: Path, kind: Kind | None = None) -> Manifest:
+    """Check the manifest and the sha256 of every file; raise `CheckpointError` on any mismatch."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a checkpoint directory")
+    manifest = read_manifest(directory)
+    if kind is not None and manifest.kind != kind:
+        raise CheckpointError(f"{directory}: a {manifest.kind} checkpoint, expected a {kind} checkpoint")
+    present = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST}
+    pickled = sorted(name for name in present if Path(name).suffix in _PICKLE_SUFFIXES)
+    if pickled:
+        raise CheckpointError(f"{directory}: pickled files are never loaded: {pickled}")
+    if not any(name.endswith(".safetensors") for name in manifest.files):
+        raise CheckpointError(f"{directory}: no safetensors weights listed in the manifest")
+    for name, expected in manifest.files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{directory}: missing file {name}")
+        if sha256_file(path) != expected:
+            raise CheckpointError(f"{directory}: sha256 mismatch for {name} (tampered or truncated)")
+    unlisted = sorted(present - set(manifest.files))
+    if unlisted:
+        raise CheckpointError(f"{directory}: files not in the manifest: {unlisted}")
+    return manifest
+
+
+def checkpoint_root() -> Path:
+    """Where checkpoints live: `$BON_CHECKPOINTS`, else `checkpoints/` in the working directory."""
+    return Path(os.environ.get("BON_CHECKPOINTS", "checkpoints"))

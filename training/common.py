@@ -1,0 +1,200 @@
+"""What every trainer shares: data parallelism, resumable state, progress and metric history.
+
+Trainers run unchanged under `torchrun --nproc_per_node K`: each rank takes its slice of the global batch,
+gradients are averaged by DistributedDataParallel (gloo on CPU), and only rank 0 writes files. Resume state is
+safetensors plus JSON (no pickle), written atomically, so an interrupted run picks up at its last save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from models.checkpoint import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the process group that `torchrun` describes in the environment; a single process otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Dist()
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("gloo")
+    return Dist(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size())
+
+
+def local_slice(items: Sequence[Any], dist: Dist) -> list[Any]:
+    """This rank's share of a global batch (contiguous, so 1 and K processes see the same examples)."""
+    per_rank = len(items) // dist.world_size
+    if per_rank * dist.world_size != len(items):
+        raise ValueError(f"global batch {len(items)} does not split over {dist.world_size} processes")
+    return list(items[dist.rank * per_rank : (dist.rank + 1) * per_rank])
+
+
+def wrap_ddp(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
+    if dist.world_size == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model)
+
+
+def all_reduce_mean(value: torch.Tensor, dist: Dist) -> torch.Tensor:
+    if dist.world_size == 1:
+        return value
+    value = value.detach().clone()
+    torch_dist.all_reduce(value)
+    return value / dist.world_size
+
+
+def batches(n_items: int, batch_size: int, seed: int, start_step: int, total_steps: int) -> Iterator[list[int]]:
+    """Index batches for steps `start_step..total_steps-1`, a fresh shuffle per epoch, the same on every rank.
+
+    The order depends only on `seed` and the step, so a resumed run sees exactly the batches it would have seen.
+    """
+    per_epoch = n_items // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{n_items} examples cannot fill one batch of {batch_size}")
+    order: list[int] = []
+    epoch = -1
+    for step in range(start_step, total_steps):
+        if step // per_epoch != epoch:
+            epoch = step // per_epoch
+            order = list(range(n_items))
+            random.Random(seed * 100_003 + epoch).shuffle(order)
+        i = (step % per_epoch) * batch_size
+        yield order[i : i + batch_size]
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item()))
+
+
+def progress(total: int, initial: int, desc: str, dist: Dist) -> tqdm:
+    return tqdm(total=total, initial=initial, desc=desc, disable=not dist.is_main, dynamic_ncols=True)
+
+
+@dataclass
+class RunState:
+    """What a trainer needs beyond weights to continue: the step, the metric history, anything else small."""
+
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value.contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"scalars": scalars, "param_groups": state["param_groups"]}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    per_param: dict[int, dict[str, Any]] = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, key = name.split(".", 1)
+        per_param.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
+
+
+def save_resume(run_dir: Path, models: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                state: RunState) -> None:
+    """Atomically replace `run_dir` with the weights, optimizer moments and `state` of this moment."""
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.tmp-"))
+    for name, model in models.items():
+        weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / f"{name}.safetensors"))
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    rng = {"torch": torch.get_rng_state().tolist()}
+    write_json_atomic(tmp / "state.json", {"step": state.step, "history": state.history, "extra": state.extra,
+                                            "optimizer": opt_meta, "rng": rng})
+    old = run_dir.parent / f".{run_dir.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if run_dir.exists():
+        os.rename(run_dir, old)
+    os.rename(tmp, run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def config_fingerprint(cfg: Any) -> str:
+    """A stable digest of a trainer config: resume state is only reused by the run that made it."""
+    data = asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+    data.pop("out", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_resume(run_dir: Path, models: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                fingerprint: str) -> RunState | None:
+    """Restore what `save_resume` wrote; None when there is nothing to resume or it was another config's run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "state.json").is_file():
+        return None
+    meta = json.loads((run_dir / "state.json").read_text())
+    if meta["extra"].get("config") != fingerprint:
+        log.warning("ignoring resume state in %s: it belongs to a run with another config", run_dir)
+        return None
+    for name, model in models.items():
+        model.load_state_dict(load_file(str(run_dir / f"{name}.safetensors")))
+    _restore_optimizer(optimizer, load_file(str(run_dir / "optimizer.safetensors")), meta["optimizer"])
+    torch.set_rng_state(torch.tensor(meta["rng"]["torch"], dtype=torch.uint8))
+    return RunState(step=meta["step"], history=meta["history"], extra=meta["extra"])
+
+
+def run_dir_for(out_dir: Path) -> Path:
+    """Resume state sits beside the checkpoint, hidden: `checkpoints/.runs/<name>`."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / ".runs" / out_dir.name
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its normal-approximation 95% confidence interval."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    mean = sum(values) / n
+    if n == 1:
+        return mean, float("inf")
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, 1.96 * (var / n) ** 0.5
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,74 @@
+"""Gold-judge evaluation of a policy: sample K answers per held-out prompt, score them as the annotator would."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from models.chat import prompt_ids, user
+from models.checkpoint import verify
+from models.sampling import SamplingParams, sample
+from training import world
+from training.common import mean_ci95
+
+
+def load_policy(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A verified policy checkpoint, in eval mode on the CPU."""
+    verify(path, kind="policy")
+    model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False)
+    return model.eval(), AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+
+
+def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], k: int,
+                     params: SamplingParams, seed: int = 0, batch_prompts: int = 16) -> list[list[str]]:
+    """K sampled answers per prompt, decoded; deterministic given `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    out: list[list[str]] = []
+    for i in range(0, len(prompts), batch_prompts):
+        chunk = [prompt_ids(tokenizer, user(p)) for p in prompts[i : i + batch_prompts]]
+        samples = sample(model, chunk, k, params, stop_ids={tokenizer.eos_token_id}, pad_id=tokenizer.pad_token_id,
+                         generator=generator)
+        out.extend([tokenizer.decode(s.token_ids, skip_special_tokens=True).strip() for s in group]
+                   for group in samples)
+    return out
+
+
+def judge_answers(prompts: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Mean gold reward with a 95% CI over prompts (answers to one prompt are not independent), flaw rates."""
+    per_prompt, flat, formed = [], [], []
+    flaw_counts = dict.fromkeys(world.FLAWS, 0)
+    for prompt, group in zip(prompts, answers, strict=True):
+        scores = [world.score(prompt, a) for a in group]
+        per_prompt.append(sum(scores) / len(scores))
+        flat.extend(scores)
+        for a in group:
+            formed.append(world.well_formed(prompt, a))
+            for flaw, present in world.detect(prompt, a).items():
+                flaw_counts[flaw] += int(present)
+    mean, ci = mean_ci95(per_prompt)
+    n = len(flat)
+    return {
+        "gold_reward_mean": mean,
+        "gold_reward_ci95": ci,
+        "well_formed_rate": sum(formed) / n,
+        "flawless_rate": sum(1 for p, g in zip(prompts, answers, strict=True) for a in g
+                             if not any(world.detect(p, a).values())) / n,
+        "flaw_rates": {f: c / n for f, c in flaw_counts.items()},
+        "n_prompts": len(prompts),
+        "n_answers": n,
+    }
+
+
+def evaluate_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[world.Prompt],
+                    k: int = 4, temperature: float = 1.0, max_new_tokens: int = 96, seed: int = 0) -> dict[str, Any]:
+    texts = [p.text for p in prompts]
+    answers = generate_answers(model, tokenizer, texts, k, SamplingParams(max_new_tokens, temperature), seed)
+    report = judge_answers(texts, answers)
+    report["samples_per_prompt"] = k
+    report["temperature"] = temperature
+    report["examples"] = [{"prompt": p, "answer": a[0]} for p, a in zip(texts[:5], answers[:5], strict=True)]
+    return report

@@ -1,0 +1,18 @@
+"""The trainers `bon train <method>` knows, each a (config class, train function) pair, imported on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def _sft() -> tuple[type, Callable[[Any], Any]]:
+    from training.sft import train_sft
+    from training.sft_config import SFTConfig
+
+    return SFTConfig, train_sft
+
+
+TRAINERS: dict[str, Callable[[], tuple[type, Callable[[Any], Any]]]] = {
+    "sft": _sft,
+}

@@ -1,0 +1,189 @@
+"""Supervised fine-tuning of a tiny Llama policy, from scratch, on chat examples of the embedded world.
+
+About a third of the answers it learns from are flawed (dismissive, wrong, rude, rambling...), so the policy
+misbehaves at a clear rate, as SFT models do: the gap that Best-of-N, DPO and PPO then close. The loss falls on
+assistant tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from models.chat import completion_ids, prompt_ids, user
+from models.checkpoint import Manifest, write_checkpoint
+from training import world
+from training.common import (
+    Dist,
+    RunState,
+    all_reduce_mean,
+    batches,
+    config_fingerprint,
+    cosine_lr,
+    init_distributed,
+    load_resume,
+    local_slice,
+    progress,
+    run_dir_for,
+    save_resume,
+    set_seed,
+    wrap_ddp,
+)
+from training.evaluate import evaluate_policy
+from training.sft_config import ModelShape, SFTConfig
+from training.tokenizer import train_tokenizer
+
+log = logging.getLogger(__name__)
+
+Encoded = tuple[list[int], int]
+"""Token ids of one example and the length of its prompt (the part without loss)."""
+
+
+def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerBase:
+    return train_tokenizer(world.corpus(20_000, seed), vocab_size=vocab_size)
+
+
+def build_policy(shape: ModelShape, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_attention_heads,
+        max_position_embeddings=shape.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def encode_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]],
+                    max_length: int) -> list[Encoded]:
+    """(prompt, answer) texts to chat-formatted ids, truncated to `max_length`."""
+    out = []
+    for prompt, answer in pairs:
+        head = prompt_ids(tokenizer, user(prompt))
+        ids = (head + completion_ids(tokenizer, answer))[:max_length]
+        out.append((ids, len(head)))
+    return out
+
+
+def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels are -100 on prompt and padding so only answer tokens carry loss."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    for i, (ids, head) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+        labels[i, head : len(ids)] = torch.tensor(ids[head:])
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token NLL over labelled positions, and how many there were."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    targets = batch["labels"][:, 1:]  # (B, T-1)
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return nll, (targets != -100).sum()
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, data: Sequence[Encoded], pad_id: int, batch_size: int = 64) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(data), batch_size):
+        nll, n = token_nll(model, collate(data[i : i + batch_size], pad_id))
+        total, count = total + nll.item(), count + n.item()
+    model.train()
+    return total / max(count, 1)
+
+
+def _load_or_build_tokenizer(cfg: SFTConfig, run_dir: Path, dist: Dist) -> PreTrainedTokenizerBase:
+    """The tokenizer is trained once per run and kept with the resume state, so a resumed run reuses it."""
+    tok_dir = run_dir.parent / f"{run_dir.name}-tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+        if dist.is_main:
+            build_tokenizer(cfg.model.vocab_size, cfg.seed).save_pretrained(str(tok_dir))
+        if dist.world_size > 1:
+            torch.distributed.barrier()
+    return AutoTokenizer.from_pretrained(str(tok_dir))
+
+
+def train_sft(cfg: SFTConfig) -> Manifest | None:
+    """Train, validate, resume if interrupted, and write the checkpoint. Returns its manifest on rank 0."""
+    dist = init_distributed()
+    set_seed(cfg.seed)
+    run_dir = run_dir_for(cfg.out)
+    tokenizer = _load_or_build_tokenizer(cfg, run_dir, dist)
+    model = build_policy(cfg.model, tokenizer)
+    pairs = [(p.text, r.text) for p, r in world.sft_examples("train", cfg.train_examples, cfg.seed, cfg.flaw_rate)]
+    train = encode_examples(tokenizer, pairs, cfg.max_length)
+    held = world.sft_examples("validation", cfg.validation_examples, cfg.seed + 1, cfg.flaw_rate)
+    valid = encode_examples(tokenizer, [(p.text, r.text) for p, r in held], cfg.max_length)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    fingerprint = config_fingerprint(cfg)
+    state = load_resume(run_dir, {"model": model}, optimizer, fingerprint) or RunState(extra={"config": fingerprint})
+    if state.step:
+        log.info("resuming SFT at step %d of %d", state.step, cfg.steps)
+    ddp = wrap_ddp(model, dist)
+    bar = progress(cfg.steps, state.step, "sft", dist)
+    started = time.time()
+    for index in batches(len(train), cfg.batch_size, cfg.seed, state.step, cfg.steps):
+        step = state.step
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+        mine = collate([train[i] for i in local_slice(index, dist)], tokenizer.pad_token_id)
+        nll, count = token_nll(ddp, mine)
+        # Normalise by the global token count so K processes take exactly the step one process would.
+        global_count = all_reduce_mean(count.float(), dist) * dist.world_size
+        loss = nll * dist.world_size / global_count
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        state.step += 1
+        record = {"step": state.step, "loss": all_reduce_mean(loss.detach(), dist).item() / dist.world_size}
+        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+            record["validation_loss"] = validation_loss(model, valid, tokenizer.pad_token_id)
+            bar.set_postfix(val=f"{record['validation_loss']:.3f}")
+        state.history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+        bar.update(1)
+        if dist.is_main and (state.step % cfg.save_every == 0 and state.step < cfg.steps):
+            save_resume(run_dir, {"model": model}, optimizer, state)
+    bar.close()
+    if not dist.is_main:
+        return None
+    figures = {"validation_loss": validation_loss(model, valid, tokenizer.pad_token_id),
+               "train_seconds_this_run": round(time.time() - started, 1)}
+    if cfg.eval_prompts:
+        report = evaluate_policy(model, tokenizer, world.prompts("validation", cfg.eval_prompts, cfg.seed + 2), k=4)
+        figures.update({k: report[k] for k in ("gold_reward_mean", "gold_reward_ci95", "well_formed_rate")})
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "training_history.json").write_text(json.dumps(state.history))
+
+    hyper = asdict(cfg) | {"out": str(cfg.out), "world_size": dist.world_size}
+    manifest = write_checkpoint(cfg.out, save, kind="policy", method="sft", parent=None,
+                                hyperparameters=hyper, figures=figures)
+    save_resume(run_dir, {"model": model}, optimizer, state)
+    return manifest
