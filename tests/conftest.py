@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny real checkpoints trained on the embedded world in seconds (never downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.sft_config import ModelShape, SFTConfig
+
+torch.set_num_threads(2)
+
+TINY_SHAPE = ModelShape(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                        max_position_embeddings=256, vocab_size=600)
+
+
+def tiny_sft_config(out: Path, **overrides: object) -> SFTConfig:
+    """An SFT run that takes seconds: tiny shape, few steps, small world sample."""
+    values: dict[str, object] = dict(out=out, model=TINY_SHAPE, train_examples=640, validation_examples=64,
+                                     steps=40, batch_size=16, lr=3e-3, warmup=5, eval_every=20, save_every=20,
+                                     eval_prompts=0, max_length=96)
+    values.update(overrides)
+    return SFTConfig(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def checkpoint_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(checkpoint_root: Path) -> Path:
+    """A tiny SFT policy checkpoint, trained once per test session."""
+    from training.sft import train_sft
+
+    out = checkpoint_root / "sft"
+    train_sft(tiny_sft_config(out))
+    return out
