@@ -27,3 +27,9 @@ def completion_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 def user(text: str) -> list[Message]:
     return [{"role": "user", "content": text}]
+
+
+def scored_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], answer: str) -> list[int]:
+    """What a reward model reads: the conversation plus the answer, in the RM's own chat template."""
+    turns = [*messages, {"role": "assistant", "content": answer}]
+    return tokenizer(render(tokenizer, turns, False), add_special_tokens=False)["input_ids"]

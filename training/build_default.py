@@ -11,7 +11,7 @@ from training.registry import TRAINERS
 
 log = logging.getLogger(__name__)
 
-BASE = ("sft",)
+BASE = ("sft", "rm")
 TUNED: tuple[str, ...] = ()
 
 

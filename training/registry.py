@@ -13,6 +13,14 @@ def _sft() -> tuple[type, Callable[[Any], Any]]:
     return SFTConfig, train_sft
 
 
+def _rm() -> tuple[type, Callable[[Any], Any]]:
+    from training.rm import train_rm
+    from training.rm_config import RMConfig
+
+    return RMConfig, train_rm
+
+
 TRAINERS: dict[str, Callable[[], tuple[type, Callable[[Any], Any]]]] = {
     "sft": _sft,
+    "rm": _rm,
 }

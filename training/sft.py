@@ -159,7 +159,7 @@ def train_sft(cfg: SFTConfig) -> Manifest | None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         state.step += 1
-        record = {"step": state.step, "loss": all_reduce_mean(loss.detach(), dist).item() / dist.world_size}
+        record = {"step": state.step, "loss": all_reduce_mean(loss.detach(), dist).item()}
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
             record["validation_loss"] = validation_loss(model, valid, tokenizer.pad_token_id)
             bar.set_postfix(val=f"{record['validation_loss']:.3f}")
