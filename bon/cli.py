@@ -88,6 +88,13 @@ def _build_default(args: argparse.Namespace) -> None:
     _emit(args, report, _summary)
 
 
+def _loadtest(args: argparse.Namespace) -> None:
+    from loadtest import run_cli
+    from loadtest.report import format_table
+
+    _emit(args, run_cli(args), format_table)
+
+
 def _parser() -> argparse.ArgumentParser:
     from training.registry import TRAINERS
 
@@ -118,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     bd.add_argument("--force", action="store_true", help="rebuild even when present")
     bd.add_argument("--json", action="store_true")
     bd.set_defaults(func=_build_default)
+
+    from loadtest.cli import add_arguments
+
+    lt = sub.add_parser("loadtest", help="load-test any OpenAI-compatible server: latency, throughput, cost vs N")
+    add_arguments(lt)
+    lt.set_defaults(func=_loadtest)
     return parser
 
 
