@@ -79,6 +79,7 @@ def _first_model(url: str, headers: dict[str, str], timeout: float) -> str:
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     """Run the sweep the flags describe, write the files, and return the summary (what summary.json holds)."""
     import asyncio
+    import logging
     import random
 
     from loadtest import prompts
@@ -86,6 +87,8 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     from loadtest.runner import LoadConfig, run_sweep, sweep_points
     from loadtest.stats import summarize
 
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would drown the progress bar
     url = chat_url(args.url)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     model = args.model or _first_model(url, headers, args.timeout)

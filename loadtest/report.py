@@ -65,8 +65,11 @@ def _load_label(p: dict[str, Any]) -> str:
 
 
 def _log2_if_spread(ax: Any, values: Sequence[float]) -> None:
+    """A log2 x axis with a tick at each swept value, labelled as a plain number (8, not 2^3)."""
     if len(set(values)) > 1 and min(values) > 0:
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(set(values)), [f"{v:g}" for v in sorted(set(values))])
+        ax.minorticks_off()
 
 
 def write_plots(points: Sequence[dict[str, Any]], results: Sequence[PointResult], out: Path) -> list[Path]:
@@ -103,7 +106,7 @@ def write_plots(points: Sequence[dict[str, Any]], results: Sequence[PointResult]
         row = sorted((p for p in points if p["best_of"] == n), key=lambda p: p[key])
         xs = [p[key] for p in row]
         line, = left.plot(xs, [p["throughput_rps"] for p in row], "o-", label=f"best_of={n}")
-        left.plot(xs, [p["goodput_rps"] for p in row], "x:", color=line.get_color(), label=f"best_of={n} goodput")
+        left.plot(xs, [p["goodput_rps"] for p in row], "x:", color=line.get_color(), label="_nolegend_")
         right.plot(xs, [p["generated_tokens_per_s"] for p in row], "o-", color=line.get_color(), label=f"best_of={n}")
     xlabel = "offered rate (requests/s)" if open_loop else "concurrency (clients)"
     for ax, ylabel in ((left, "answers/s (goodput dotted)"), (right, "generated tokens/s")):
