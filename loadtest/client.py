@@ -115,8 +115,9 @@ def _finish(record: RequestRecord) -> None:
 
 
 async def _read_stream(response: httpx.Response, record: RequestRecord, sent: float) -> None:
-    """Parse server-sent events: TTFT at the first content delta, ITL between content deltas, usage at the end."""
-    last: float | None = None
+    """Parse server-sent events: TTFT at the first content delta, ITL between content deltas of the same choice
+    (with n > 1, vLLM interleaves the choices' chunks), usage at the end."""
+    last: dict[int, float] = {}
     content_chunks = 0
     async for line in response.aiter_lines():
         if not line.startswith("data:"):
@@ -129,16 +130,19 @@ async def _read_stream(response: httpx.Response, record: RequestRecord, sent: fl
         if "error" in chunk:
             record.status, record.error = "stream_error", str(chunk["error"])[:200]
             return
-        if any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
+        for choice in chunk.get("choices") or []:
+            if not (choice.get("delta") or {}).get("content"):
+                continue
             content_chunks += 1
-            if last is None:
+            index = int(choice.get("index") or 0)
+            if record.ttft is None:
                 record.ttft = now - sent
-            else:
-                record.itls.append(now - last)
-            last = now
+            if index in last:
+                record.itls.append(now - last[index])
+            last[index] = now
         _read_bon(record, chunk)
     if record.completion_tokens is None and content_chunks:
-        record.completion_tokens = content_chunks  # no usage chunk: one chunk is one token for vLLM and us
+        record.completion_tokens = content_chunks  # no usage chunk: a content delta is about one token
 
 
 async def send(client: httpx.AsyncClient, url: str, spec: RequestSpec, record: RequestRecord,
@@ -164,7 +168,7 @@ async def send(client: httpx.AsyncClient, url: str, spec: RequestSpec, record: R
         record.status, record.error = "timeout", f"no complete answer within {timeout} s"
     except httpx.ConnectError as exc:
         record.status, record.error = "connect", str(exc)[:200]
-    except httpx.TransportError as exc:
+    except httpx.RequestError as exc:  # other transport, decoding or protocol failures
         record.status, record.error = "read", f"{type(exc).__name__}: {exc}"[:200]
     except (ValueError, AttributeError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
         record.status, record.error = "bad_response", f"{type(exc).__name__}: {exc}"[:200]

@@ -82,7 +82,8 @@ async def chat(request: Request) -> object:
         for t in range(TOKENS):
             if t:
                 await asyncio.sleep(ITL)
-            yield chunk([{"index": i, "delta": {"content": "tok "}} for i in range(n)])
+            for i in range(n):  # one chunk per choice, interleaved, as vLLM streams n > 1
+                yield chunk([{"index": i, "delta": {"content": "tok "}}])
         yield chunk([{"index": i, "delta": {}, "finish_reason": "length"} for i in range(n)])
         more = {"bon": _bon(int(best_of), time.perf_counter() - start)} if best_of is not None else {}
         yield chunk([], usage=usage, **more)

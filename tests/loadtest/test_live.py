@@ -121,6 +121,7 @@ def test_vllm_n_mode_sends_n_and_falls_back_to_usage_and_latency(server, tmp_pat
     assert p["generated_per_returned_token"] == 1.0
     assert p["device_seconds_source"] == "latency"
     assert p["device_seconds_per_answer"] == pytest.approx(p["latency_s_mean"])
+    assert p["itl_s_p50"] >= fake.ITL / 2  # gaps within a choice, not between the interleaved choices' chunks
 
 
 def test_timeouts_and_refused_connections_are_recorded_not_raised(server, tmp_path):
