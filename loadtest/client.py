@@ -73,7 +73,7 @@ class RequestRecord:
     score_s: float | None = None
     device_seconds: float | None = None
     device_source: str = ""
-    """"timings" (bon.timings.sample + score: device busy time) or "latency" (end to end: an upper bound)."""
+    """"timings" (bon.timings sample + score seconds: device busy time) or "latency" (end to end: an upper bound)."""
     policy_version: str = ""
     rm_version: str = ""
 
@@ -99,10 +99,11 @@ def _read_bon(record: RequestRecord, payload: dict[str, Any]) -> None:
         record.reward = sum(rewards) / len(rewards)
     timings = ext.get("timings") or {}
     for key in ("queue", "sample", "score"):
-        if timings.get(key) is not None:
-            setattr(record, f"{key}_s", float(timings[key]))
+        value = timings.get(f"{key}_seconds", timings.get(key))  # our server spells them `sample_seconds`
+        if value is not None:
+            setattr(record, f"{key}_s", float(value))
     record.policy_version = str(ext.get("policy_version") or record.policy_version)
-    record.rm_version = str(ext.get("rm_version") or record.rm_version)
+    record.rm_version = str(ext.get("reward_model_version") or ext.get("rm_version") or record.rm_version)
 
 
 def _finish(record: RequestRecord) -> None:

@@ -29,8 +29,10 @@ counter = 0
 
 
 def _bon(best_of: int, seconds: float) -> dict[str, object]:
-    return {"rewards": [0.25], "candidate_tokens": best_of * TOKENS, "policy_version": "fake-policy",
-            "rm_version": "fake-rm", "timings": {"queue": 0.001, "sample": 0.02, "score": 0.005, "seconds": seconds}}
+    return {"policy_version": "fake-policy", "reward_model_version": "fake-rm", "best_of": best_of,
+            "rewards": [0.25], "candidate_tokens": best_of * TOKENS,
+            "timings": {"queue_seconds": 0.001, "sample_seconds": 0.02, "score_seconds": 0.005,
+                        "total_seconds": seconds}}
 
 
 @app.get("/v1/models")
@@ -77,16 +79,17 @@ async def chat(request: Request) -> object:
             payload = {**base, "object": "chat.completion.chunk", "choices": choices, **more}
             return f"data: {json.dumps(payload)}\n\n"
 
-        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}} for i in range(n)])
         await asyncio.sleep(TTFT)
+        # like our server, the `bon` object rides on the first chunk: the winner is known before its first token
+        more = {"bon": _bon(int(best_of), time.perf_counter() - start)} if best_of is not None else {}
+        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}} for i in range(n)], **more)
         for t in range(TOKENS):
             if t:
                 await asyncio.sleep(ITL)
             for i in range(n):  # one chunk per choice, interleaved, as vLLM streams n > 1
                 yield chunk([{"index": i, "delta": {"content": "tok "}}])
         yield chunk([{"index": i, "delta": {}, "finish_reason": "length"} for i in range(n)])
-        more = {"bon": _bon(int(best_of), time.perf_counter() - start)} if best_of is not None else {}
-        yield chunk([], usage=usage, **more)
+        yield chunk([], usage=usage)
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
