@@ -1,0 +1,161 @@
+"""The two interfaces the server drives: a policy that samples N candidates, a reward model that scores them.
+
+Implementations live beside this module (`policy_hf`, `policy_vllm`, `policy_openai`, `reward_hf`,
+`reward_remote`) and are imported only when chosen, so a CPU machine never imports vLLM. Blocking model calls
+run off the event loop: policies expose `async generate`, reward models a synchronous `score_batch` that the
+server's micro-batcher calls in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from models.checkpoint import CheckpointError, Kind, verify
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+FinishReason = Literal["stop", "length"]
+ScoreItem = tuple[Sequence[Message], str]
+"""What a reward model scores: the conversation so far and one candidate answer to it."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    """Strings that end a candidate; the text is cut before the first one (finish reason "stop")."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text: str
+    tokens: int
+    """Tokens generated for this candidate (what it cost, including any cut after a stop string)."""
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True)
+class Generation:
+    candidates: list[Candidate]
+    prompt_tokens: int
+
+
+class PolicyBackend(Protocol):
+    name: str
+    version: str
+    context_length: int | None
+    """Longest prompt plus completion the policy accepts, when known here."""
+
+    async def generate(self, messages: Sequence[Message], n: int, params: GenerationParams, seed: int,
+                       cancelled: Callable[[], bool]) -> Generation:
+        """Sample `n` answers to `messages`; same seed, same answers. Raises `Cancelled` once `cancelled()`."""
+        ...
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int | None:
+        """Prompt length in the policy's tokens, or None when only the remote server can tell."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class RewardBackend(Protocol):
+    version: str
+
+    def score_batch(self, items: Sequence[ScoreItem]) -> list[float]:
+        """One raw scalar reward per item (blocking; called from a worker thread)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BackendError(RuntimeError):
+    """A backend failed for a reason that is not the client's fault (remote down, engine error)."""
+
+
+class RemoteRequestError(ValueError):
+    """A remote server refused the request as invalid (its 4xx): the client's request, not our fault."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """How to build one policy backend."""
+
+    name: str
+    backend: Literal["hf", "vllm", "openai"] = "hf"
+    path: Path | None = None
+    base_urls: tuple[str, ...] = ()
+    remote_model: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific settings (device, balancing, timeouts, engine arguments...)."""
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    backend: Literal["hf", "remote"] = "hf"
+    path: Path | None = None
+    url: str | None = None
+    remote_model: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_version(path: Path, kind: Kind, allow_unverified: bool) -> str:
+    """Verify a checkpoint's manifest and hashes and return its version.
+
+    A plain Hugging Face directory without a manifest is served only with `allow_unverified`; it still loads
+    safetensors only, never remote code.
+    """
+    path = Path(path)
+    try:
+        return verify(path, kind=kind).version
+    except CheckpointError:
+        manifest_present = (path / "manifest.json").is_file()
+        if manifest_present or not allow_unverified:
+            raise
+    if not any(path.glob("*.safetensors")):
+        raise CheckpointError(f"{path}: no safetensors weights")
+    log.warning("%s has no manifest; serving it unverified", path)
+    return f"unverified-{path.resolve().name}"
+
+
+def load_policy(spec: PolicySpec) -> PolicyBackend:
+    """Build a policy backend, importing only the implementation that is asked for."""
+    if spec.backend == "hf":
+        from models.policy_hf import HFPolicy
+
+        return HFPolicy.load(spec)
+    if spec.backend == "vllm":
+        from models.policy_vllm import VLLMPolicy
+
+        return VLLMPolicy.load(spec)
+    if spec.backend == "openai":
+        from models.policy_openai import OpenAIPolicy
+
+        return OpenAIPolicy.load(spec)
+    raise ValueError(f"unknown policy backend {spec.backend!r}")
+
+
+def load_reward(spec: RewardSpec) -> RewardBackend:
+    if spec.backend == "hf":
+        from models.reward_hf import HFReward
+
+        return HFReward.load(spec)
+    if spec.backend == "remote":
+        from models.reward_remote import RemoteReward
+
+        return RemoteReward.load(spec)
+    raise ValueError(f"unknown reward backend {spec.backend!r}")
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """The text before the earliest stop string, and whether one was found."""
+    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    if not hits:
+        return text, False
+    return text[: min(hits)], True

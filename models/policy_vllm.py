@@ -1,0 +1,102 @@
+"""The vLLM policy backend: an in-process `AsyncLLM` engine (vLLM 0.26, V1 engine) on the GPU.
+
+One request with `SamplingParams(n=N)`: vLLM fans it out into N child sequences that share the prompt's KV
+blocks (prefix caching), and continuous batching mixes them with every other request in flight. vLLM is
+imported only when this backend is chosen. The prompt is rendered with the checkpoint's chat template here, as
+the hf backend does, and passed as token ids, so both backends see the same prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from models.backends import (
+    BackendError,
+    Candidate,
+    Generation,
+    GenerationParams,
+    Message,
+    PolicySpec,
+    RemoteRequestError,
+    checkpoint_version,
+)
+from models.chat import prompt_ids
+from models.checkpoint import CheckpointError
+from models.sampling import Cancelled
+
+
+class VLLMPolicy:
+    def __init__(self, name: str, engine: Any, tokenizer: PreTrainedTokenizerBase, version: str,
+                 context_length: int | None):
+        self.name = name
+        self.version = version
+        self.context_length = context_length
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self._tokenizer_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, spec: PolicySpec) -> VLLMPolicy:
+        if spec.path is None:
+            raise CheckpointError(f"policy {spec.name}: the vllm backend needs a checkpoint path")
+        try:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise BackendError("the vllm backend needs vLLM on a GPU machine: pip install 'bon[vllm]'") from exc
+        version = checkpoint_version(spec.path, "policy", spec.options.get("allow_unverified", False))
+        engine_args = {"enable_prefix_caching": True, "load_format": "safetensors", "trust_remote_code": False,
+                       **spec.options.get("engine_args", {})}
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(spec.path), **engine_args))
+        tokenizer = AutoTokenizer.from_pretrained(str(spec.path), trust_remote_code=False)
+        return cls(spec.name, engine, tokenizer, version, engine.model_config.max_model_len)
+
+    def _prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        with self._tokenizer_lock:
+            return prompt_ids(self.tokenizer, messages)
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        return len(self._prompt_ids(messages))
+
+    async def generate(self, messages: Sequence[Message], n: int, params: GenerationParams, seed: int,
+                       cancelled: Callable[[], bool]) -> Generation:
+        from vllm.exceptions import VLLMValidationError
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        ids = self._prompt_ids(messages)
+        sampling = SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
+                                  max_tokens=params.max_tokens, seed=seed, stop=list(params.stop) or None,
+                                  output_kind=RequestOutputKind.FINAL_ONLY)
+
+        async def final_output() -> Any:
+            last = None
+            async for output in self.engine.generate({"prompt_token_ids": ids}, sampling, uuid.uuid4().hex):
+                last = output
+            return last
+
+        # Cancelling the task makes AsyncLLM.generate abort the request inside the engine.
+        task = asyncio.ensure_future(final_output())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.05)
+                if cancelled() and not task.done():
+                    raise Cancelled()
+            output = task.result()
+        except VLLMValidationError as exc:
+            raise RemoteRequestError(str(exc)) from exc
+        finally:
+            if not task.done():
+                task.cancel()
+        outputs = sorted(output.outputs, key=lambda o: o.index)
+        candidates = [Candidate(o.text.strip(), len(o.token_ids), "length" if o.finish_reason == "length" else "stop")
+                      for o in outputs]
+        return Generation(candidates, len(ids))
+
+    async def close(self) -> None:
+        self.engine.shutdown()

@@ -1,0 +1,75 @@
+"""The transformers reward backend: an `AutoModelForSequenceClassification` with one label, encoder or decoder.
+
+Every candidate is rendered as [conversation..., assistant answer] with the RM's own chat template and
+tokenized with the RM's own tokenizer (never the policy's ids). Batches are right-padded, as the RM trainer
+pads them, and the score is the raw logit `logits[:, 0]`: a decoder RM reads it at the last non-pad token
+(transformers finds it through `config.pad_token_id`), an encoder RM at [CLS].
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from models.backends import RewardSpec, ScoreItem, checkpoint_version
+from models.chat import scored_ids
+from models.checkpoint import CheckpointError
+from models.policy_hf import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+class HFReward:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, version: str):
+        if model.config.num_labels != 1:
+            raise CheckpointError(f"a reward model has one label, this one has {model.config.num_labels}")
+        if tokenizer.chat_template is None:
+            raise CheckpointError("the reward model's tokenizer has no chat template")
+        if tokenizer.pad_token_id is None:
+            # Decoder RMs often ship without a pad token; EOS is the usual stand-in.
+            tokenizer.pad_token = tokenizer.eos_token
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.version = version
+        self._device = next(model.parameters()).device
+        limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
+        self.max_length = min(x for x in limits if isinstance(x, int) and x > 0)
+
+    @classmethod
+    def load(cls, spec: RewardSpec) -> HFReward:
+        if spec.path is None:
+            raise CheckpointError("the hf reward backend needs a checkpoint path")
+        version = checkpoint_version(spec.path, "reward", spec.options.get("allow_unverified", False))
+        device = resolve_device(spec.options.get("device", "cpu"))
+        dtype = torch.float32 if device == "cpu" else "auto"
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(spec.path), use_safetensors=True, trust_remote_code=False, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(spec.path), trust_remote_code=False)
+        return cls(model.to(device), tokenizer, version)
+
+    def encode(self, items: Sequence[ScoreItem]) -> list[list[int]]:
+        seqs = [scored_ids(self.tokenizer, messages, answer) for messages, answer in items]
+        if any(len(s) > self.max_length for s in seqs):
+            log.warning("a scored sequence exceeds the RM's %d tokens; truncating it", self.max_length)
+        return [s[: self.max_length] for s in seqs]
+
+    @torch.inference_mode()
+    def score_batch(self, items: Sequence[ScoreItem]) -> list[float]:
+        if not items:
+            return []
+        seqs = self.encode(items)
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+        logits = self.model(input_ids=ids.to(self._device), attention_mask=mask.to(self._device)).logits  # (B, 1)
+        return logits[:, 0].float().tolist()
+
+    def close(self) -> None:
+        pass
