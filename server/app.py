@@ -1,0 +1,99 @@
+"""The FastAPI app: routes, error handlers, and a lifespan that loads the models off the request path.
+
+The server accepts connections at once: `/health` answers while the models load, `/ready` and the model
+endpoints answer 503 until one real small generation and scoring per policy has succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from server import pipeline
+from server import protocol as p
+from server.errors import APIError, install_error_handlers
+from server.settings import Settings
+from server.state import ServerState
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.bon
+
+
+def create_app(settings: Settings) -> FastAPI:
+    state = ServerState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(state.start(), name="load-models")
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await state.stop()
+
+    app = FastAPI(title="bon", summary="Best-of-N serving with reward-model reranking", lifespan=lifespan)
+    app.state.bon = state
+    install_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(request: Request) -> dict[str, object]:
+        served = pipeline.require_ready(_state(request))
+        return {"status": "ready", "policies": {name: e.version for name, e in served.policies.items()},
+                "reward_model": served.reward.version}
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(_state(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        state = _state(request)
+        pipeline.authorize(state.settings, request)
+        served = pipeline.require_ready(state)
+        now = int(time.time())
+        cards = [p.ModelCard(id=name, created=now, bon={"version": e.version, "backend": e.backend_kind,
+                                                         "default_best_of": e.default_best_of})
+                 for name, e in served.policies.items()]
+        return JSONResponse(p.ModelList(data=cards).model_dump(mode="json"))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await pipeline.handle(_state(request), request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await pipeline.handle(_state(request), request, "completion")
+
+    @app.post("/classify")
+    async def classify(request: Request) -> JSONResponse:
+        """vLLM's `/classify` (chat form) over the reward model, batched with the Best-of-N scoring."""
+        state = _state(request)
+        pipeline.authorize(state.settings, request)
+        served = pipeline.require_ready(state)
+        req = pipeline.parse(p.ClassifyRequest, await pipeline.read_body(request, state.settings.max_body_bytes))
+        *conversation, answer = req.messages
+        if answer.role != "assistant":
+            raise APIError(400, "the last message must be the assistant answer to score", param="messages")
+        (score,) = await served.scorer.score([(pipeline.to_messages(conversation), answer.text())])
+        value = score if req.use_activation is False else _sigmoid(score)
+        return JSONResponse({"id": p.new_id("classify"), "object": "list", "created": int(time.time()),
+                             "model": req.model or "reward", "data": [
+                                 {"index": 0, "label": "reward", "probs": [value], "num_classes": 1}]})
+
+    return app

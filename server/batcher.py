@@ -1,0 +1,126 @@
+"""Dynamic micro-batching for the reward model, across concurrent requests.
+
+One asyncio worker takes the oldest waiting job (one request's candidates), then keeps adding jobs until the
+batch holds `max_batch` items or `max_wait_s` has passed since it started, runs one forward pass in a worker
+thread, and resolves each job's future with its slice of the scores. A job is never split: one larger than
+`max_batch` runs alone. While a forward pass runs, new jobs queue up, so batches grow with load by themselves.
+A job whose caller went away (its future cancelled) is dropped before it is scored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Job(Generic[T]):
+    items: list[T]
+    future: asyncio.Future[list[float]]
+
+
+class MicroBatcher(Generic[T]):
+    def __init__(self, score: Callable[[list[T]], list[float]], *, max_batch: int, max_wait_s: float,
+                 on_batch: Callable[[int, float], None] | None = None):
+        if max_batch < 1 or max_wait_s < 0:
+            raise ValueError("max_batch must be positive and max_wait_s non-negative")
+        self._score = score
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._on_batch = on_batch
+        self._pending: collections.deque[_Job[T]] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
+        self._worker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name="rm-micro-batcher")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        while self._pending:
+            job = self._pending.popleft()
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the reward model was shut down"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def score(self, items: Sequence[T]) -> list[float]:
+        """Scores of `items`, in order, computed together with whatever else is waiting."""
+        if not items:
+            return []
+        if self._worker is None or self._worker.done():
+            raise RuntimeError("the micro-batcher is not running")
+        job = _Job(list(items), asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self._arrived.set()
+        return await job.future
+
+    async def _wait_for_job(self, timeout: float | None) -> bool:
+        """Wait until a job is pending (True) or the timeout passes (False)."""
+        while not self._pending:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except TimeoutError:
+                return bool(self._pending)
+        return True
+
+    def _next_live_job(self) -> _Job[T] | None:
+        while self._pending and self._pending[0].future.done():
+            self._pending.popleft()  # its caller is gone
+        return self._pending[0] if self._pending else None
+
+    async def _collect(self) -> list[_Job[T]]:
+        await self._wait_for_job(None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        batch: list[_Job[T]] = []
+        size = 0
+        while size < self.max_batch:
+            job = self._next_live_job()
+            if job is None:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or not await self._wait_for_job(remaining):
+                    break
+                continue
+            if batch and size + len(job.items) > self.max_batch:
+                break
+            batch.append(self._pending.popleft())
+            size += len(job.items)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [j for j in await self._collect() if not j.future.done()]
+            if not jobs:
+                continue
+            items = [item for job in jobs for item in job.items]
+            started = time.perf_counter()
+            try:
+                scores = await loop.run_in_executor(self._executor, self._score, items)
+                if len(scores) != len(items):
+                    raise RuntimeError(f"the reward model returned {len(scores)} scores for {len(items)} items")
+            except Exception as exc:  # every caller in the batch hears about it; the worker carries on
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            if self._on_batch is not None:
+                self._on_batch(len(items), time.perf_counter() - started)
+            offset = 0
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_result(list(scores[offset : offset + len(job.items)]))
+                offset += len(job.items)

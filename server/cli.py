@@ -1,0 +1,112 @@
+"""Flags of `bon serve` and `python -m server`, mapped onto `Settings`, and the uvicorn launch.
+
+Every scalar setting has a flag of its own (`max_in_flight` -> `--max-in-flight`); the structured ones have
+the flags below. Flags win over `BON_*` variables, which win over the config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from server.settings import Settings, load_settings
+
+_STRUCTURED = {"policies", "reward", "openai_base_urls", "api_keys", "vllm_engine_args", "config"}
+
+
+def _scalar_flag(parser: argparse.ArgumentParser, name: str, annotation: Any, help_text: str) -> None:
+    flag = f"--{name.replace('_', '-')}"
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # X | None
+        annotation = next(a for a in args if a is not type(None))
+        args = typing.get_args(annotation)
+    if annotation is bool:
+        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    elif typing.get_origin(annotation) is typing.Literal:
+        parser.add_argument(flag, dest=name, choices=list(args), default=None, help=help_text)
+    else:
+        convert = annotation if annotation in (int, float, Path) else str
+        parser.add_argument(flag, dest=name, type=convert, default=None, help=help_text,
+                            metavar=getattr(convert, "__name__", "VALUE").upper())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="JSON or TOML file mapping policy names to checkpoints and best_of, and the RM")
+    parser.add_argument("--policy", action="append", metavar="NAME[=PATH]",
+                        help="serve a policy under NAME (repeatable); PATH defaults to <checkpoints>/NAME")
+    parser.add_argument("--reward", type=Path, metavar="PATH", help="reward model checkpoint (hf backend)")
+    parser.add_argument("--reward-backend", choices=["hf", "remote"], help="reward backend")
+    parser.add_argument("--reward-url", metavar="URL", help="vLLM-compatible /classify or /pooling URL (remote)")
+    parser.add_argument("--reward-model", metavar="NAME", help="model name sent to the remote reward server")
+    parser.add_argument("--openai-base-url", action="append", dest="openai_base_urls", metavar="URL",
+                        help="replica of an OpenAI-compatible server for the openai backend (repeatable)")
+    parser.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
+                        help="accept this bearer key (repeatable); none means no authentication")
+    parser.add_argument("--vllm-engine-args", type=json.loads, metavar="JSON", help="extra vLLM AsyncEngineArgs")
+    hints = typing.get_type_hints(Settings)
+    for name, field in Settings.model_fields.items():
+        if name not in _STRUCTURED:
+            _scalar_flag(parser, name, hints[name], field.description or "")
+
+
+def _policies(values: list[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not name:
+            raise ValueError(f"--policy {value!r}: expected NAME or NAME=PATH")
+        out[name] = {"path": path} if sep and path else {}
+    return out
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {name: getattr(args, name) for name in Settings.model_fields
+                                 if name not in _STRUCTURED - {"config"} and getattr(args, name, None) is not None}
+    for name in ("openai_base_urls", "api_keys", "vllm_engine_args"):
+        if getattr(args, name, None):
+            overrides[name] = getattr(args, name)
+    if args.policy:
+        overrides["policies"] = _policies(args.policy)
+    reward = {key: value for key, value in (("path", args.reward), ("backend", args.reward_backend),
+                                             ("url", args.reward_url), ("model", args.reward_model))
+              if value is not None}
+    if reward:
+        overrides["reward"] = reward
+    return load_settings(**overrides)
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Start the server, or exit with a message that says what is wrong with the settings."""
+    try:
+        settings = settings_from_args(args)
+    except (ValidationError, ValueError, OSError) as exc:
+        raise SystemExit(f"bon serve: invalid settings: {exc}") from None
+    missing = settings.missing_checkpoints()
+    if missing:
+        raise SystemExit("bon serve: checkpoints not found:\n  " + "\n  ".join(missing) + "\n"
+                         "Build the embedded default checkpoints with `bon build-default` (they go to "
+                         "$BON_CHECKPOINTS, else ./checkpoints), or name yours with --policy NAME=PATH and "
+                         "--reward PATH, or --config FILE.")
+    import uvicorn
+
+    from server.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m server", description="Best-of-N serving (OpenAI-compatible)")
+    add_arguments(parser)
+    serve(parser.parse_args(argv))

@@ -1,0 +1,56 @@
+"""Prometheus metrics, `bon_` prefix and units in the names, on a registry of the app's own.
+
+A per-app `CollectorRegistry` (not the process-global one) lets tests and embedders build several apps in one
+process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_REWARD = (-10.0, -5.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+_GAIN = (0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_duration = Histogram("bon_request_duration_seconds", "End-to-end latency of a Best-of-N request",
+                                          ["policy", "best_of"], buckets=_LATENCY, registry=r)
+        self.queue_wait = Histogram("bon_queue_wait_seconds", "Time a request waited for an admission slot",
+                                    buckets=_LATENCY, registry=r)
+        self.sample_duration = Histogram("bon_sample_duration_seconds", "Time to sample all candidates of a request",
+                                         ["policy"], buckets=_LATENCY, registry=r)
+        self.score_duration = Histogram("bon_score_duration_seconds",
+                                        "Time from submitting a request's candidates to the RM until scored",
+                                        buckets=_LATENCY, registry=r)
+        self.in_flight = Gauge("bon_requests_in_flight", "Requests holding an admission slot", registry=r)
+        self.queued = Gauge("bon_requests_queued", "Requests waiting for an admission slot", registry=r)
+        self.requests = Counter("bon_requests_total", "Best-of-N requests answered", ["policy", "endpoint"],
+                                registry=r)
+        self.cancelled = Counter("bon_requests_cancelled_total", "Requests whose client went away before the answer",
+                                 registry=r)
+        self.candidates = Counter("bon_candidates_generated_total", "Candidates sampled", ["policy"], registry=r)
+        self.tokens = Counter("bon_tokens_generated_total", "Completion tokens generated over all candidates",
+                              ["policy"], registry=r)
+        self.prompt_tokens = Counter("bon_prompt_tokens_total", "Prompt tokens of answered requests", ["policy"],
+                                     registry=r)
+        self.rm_batch_size = Histogram("bon_rm_batch_size", "Candidates per reward-model forward pass",
+                                       buckets=_BATCH, registry=r)
+        self.rm_batch_duration = Histogram("bon_rm_batch_duration_seconds", "Duration of one reward-model forward",
+                                           buckets=_LATENCY, registry=r)
+        self.selected_reward = Histogram("bon_selected_reward", "Reward of the first returned choice", ["policy"],
+                                         buckets=_REWARD, registry=r)
+        self.reward_gain = Histogram("bon_reward_gain", "Reward of the first returned choice minus the candidates' "
+                                     "mean", ["policy"], buckets=_GAIN, registry=r)
+        self.rejections = Counter("bon_rejections_total", "Requests refused, by reason", ["reason"], registry=r)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.rm_batch_size.observe(size)
+        self.rm_batch_duration.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,368 @@
+"""The one request pipeline of both completion endpoints: validate -> admit -> sample -> score -> select -> respond.
+
+Chat and legacy completions differ only in how the prompt becomes messages and in the response's shape;
+streaming and non-streaming differ only in the last step. The winner is chosen after all N candidates are
+scored, so a stream starts once everything is generated: its time to first token is the whole request's
+sampling and scoring time, and the text then arrives at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from models.backends import BackendError, Generation, GenerationParams, Message, RemoteRequestError
+from models.sampling import Cancelled
+from server import protocol as p
+from server.errors import APIError, from_validation_error, invalid
+from server.selection import Strategy, select
+from server.settings import Settings
+from server.state import PolicyEntry, Served, ServerState
+
+log = logging.getLogger(__name__)
+
+Endpoint = Literal["chat", "completion"]
+R = TypeVar("R", bound=p.OpenAIModel)
+MAX_STOP_STRINGS = 16
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request, in the terms the backends speak."""
+
+    endpoint: Endpoint
+    policy: str
+    messages: list[Message]
+    n: int
+    best_of: int
+    params: GenerationParams
+    seed: int
+    selection: Strategy
+    selection_temperature: float
+    return_candidates: bool
+    stream: bool
+    include_usage: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    plan: Plan
+    policy_version: str
+    reward_version: str
+    generation: Generation
+    rewards: list[float]
+    chosen: list[int]
+    timings: p.BonTimings
+
+
+# Validate
+
+
+def authorize(settings: Settings, request: Request) -> None:
+    if not settings.api_keys:
+        return
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(key.strip(), k) for k in settings.api_keys):
+        raise APIError(401, "invalid or missing API key (Authorization: Bearer <key>)", code="invalid_api_key",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_ready(state: ServerState) -> Served:
+    served = state.served
+    if served is None:
+        reason = f": {state.error}" if state.error else " (loading and warming up the models)"
+        raise APIError(503, f"the server is not ready{reason}", code="not_ready",
+                       headers={"Retry-After": str(state.settings.retry_after_s)})
+    return served
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes (before any parsing)."""
+    too_large = APIError(413, f"the request body exceeds {limit} bytes", code="body_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse(cls: type[R], body: bytes) -> R:
+    try:
+        req = cls.model_validate_json(body)
+    except ValidationError as exc:
+        raise from_validation_error(list(exc.errors())) from None
+    extras = req.model_extra or {}
+    for field in p.UNSUPPORTED_FIELDS:
+        if extras.get(field) not in (None, False, 0, "none", [], {}):
+            raise invalid(f"{field} is not supported by this server", param=field, code="unsupported_parameter")
+    unknown = sorted(k for k in extras if k not in p.UNSUPPORTED_FIELDS)
+    if unknown:
+        log.warning("ignoring unknown request fields: %s", ", ".join(unknown))
+    return req
+
+
+def lookup(served: Served, model: str) -> PolicyEntry:
+    entry = served.policies.get(model)
+    if entry is None:
+        raise APIError(404, f"the model {model!r} does not exist; served: {', '.join(sorted(served.policies))}",
+                       param="model", code="model_not_found")
+    return entry
+
+
+def to_messages(messages: list[p.ChatMessage]) -> list[Message]:
+    """Plain role/content dicts for a chat template ("developer" is OpenAI's new name for "system")."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+
+
+def _messages(req: p.ChatCompletionRequest | p.CompletionRequest) -> list[Message]:
+    if isinstance(req, p.ChatCompletionRequest):
+        return to_messages(req.messages)
+    prompt = req.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise invalid("one prompt per request", param="prompt")
+        prompt = prompt[0]
+    # Served policies are chat models: a legacy prompt is one user turn.
+    return [{"role": "user", "content": prompt}]
+
+
+def plan_request(req: p.ChatCompletionRequest | p.CompletionRequest, endpoint: Endpoint, entry: PolicyEntry,
+                 settings: Settings) -> Plan:
+    max_tokens = req.max_completion_tokens or req.max_tokens or settings.default_max_tokens
+    if max_tokens > settings.max_tokens:
+        param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        raise invalid(f"{param} must be at most {settings.max_tokens}", param=param)
+    n = req.n or 1
+    if n > settings.max_n:
+        raise invalid(f"n must be at most {settings.max_n}", param="n")
+    best_of = req.best_of if req.best_of is not None else max(entry.default_best_of, n)
+    if best_of > settings.max_best_of:
+        raise invalid(f"best_of must be at most {settings.max_best_of}", param="best_of")
+    if n > best_of:
+        raise invalid(f"n ({n}) must not exceed best_of ({best_of})", param="n")
+    if req.stream_options is not None and not req.stream:
+        raise invalid("stream_options is only allowed with stream: true", param="stream_options")
+    stop = tuple(s for s in ([req.stop] if isinstance(req.stop, str) else req.stop or []) if s)
+    if len(stop) > MAX_STOP_STRINGS:
+        raise invalid(f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
+    params = GenerationParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
+                              top_p=1.0 if req.top_p is None else req.top_p, stop=stop)
+    return Plan(endpoint=endpoint, policy=req.model, messages=_messages(req), n=n, best_of=best_of, params=params,
+                seed=req.seed if req.seed is not None else random.SystemRandom().randrange(2**63),
+                selection=req.selection, selection_temperature=req.selection_temperature,
+                return_candidates=req.return_candidates, stream=req.stream,
+                include_usage=bool(req.stream_options and req.stream_options.include_usage))
+
+
+def check_prompt_length(entry: PolicyEntry, plan: Plan, settings: Settings) -> None:
+    count = entry.backend.count_prompt_tokens(plan.messages)
+    if count is None:  # a remote policy without a local tokenizer: its server enforces its own limit
+        return
+    param = "messages" if plan.endpoint == "chat" else "prompt"
+    if count > settings.max_prompt_tokens:
+        raise invalid(f"the prompt has {count} tokens; at most {settings.max_prompt_tokens} are accepted",
+                      param=param, code="context_length_exceeded")
+    context = entry.backend.context_length
+    if context is not None and count + plan.params.max_tokens > context:
+        raise invalid(f"the prompt ({count} tokens) plus max_tokens ({plan.params.max_tokens}) exceeds the "
+                      f"model's context of {context} tokens", param=param, code="context_length_exceeded")
+
+
+# Sample, score, select
+
+
+class DisconnectWatcher:
+    """Sets `gone` when the client disconnects; the sampler polls `cancelled()` between decode steps."""
+
+    def __init__(self, request: Request, interval_s: float = 0.05):
+        self.request = request
+        self.interval_s = interval_s
+        self.gone = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def cancelled(self) -> bool:
+        return self.gone.is_set()
+
+    async def _watch(self) -> None:
+        while not await self.request.is_disconnected():
+            await asyncio.sleep(self.interval_s)
+        self.gone.set()
+
+    async def until_gone(self, work: Awaitable[Any]) -> Any:
+        """Await `work`, or cancel it and raise `Cancelled` if the client goes first."""
+        task, gone = asyncio.ensure_future(work), asyncio.ensure_future(self.gone.wait())
+        try:
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not task.done():
+            task.cancel()
+            raise Cancelled()
+        return task.result()
+
+    async def __aenter__(self) -> DisconnectWatcher:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def best_of_n(served: Served, entry: PolicyEntry, plan: Plan, watcher: DisconnectWatcher,
+                    arrived: float, queue_seconds: float) -> Outcome:
+    started = time.perf_counter()
+    generation = await entry.backend.generate(plan.messages, plan.best_of, plan.params, plan.seed, watcher.cancelled)
+    sampled = time.perf_counter()
+    items = [(plan.messages, c.text) for c in generation.candidates]
+    rewards = await watcher.until_gone(served.scorer.score(items))
+    scored = time.perf_counter()
+    chosen = select(plan.selection, [c.text for c in generation.candidates], rewards, plan.n,
+                    temperature=plan.selection_temperature, rng=random.Random(plan.seed))
+    timings = p.BonTimings(queue_seconds=queue_seconds, sample_seconds=sampled - started,
+                           score_seconds=scored - sampled, total_seconds=time.perf_counter() - arrived)
+    return Outcome(plan, entry.version, served.reward.version, generation, rewards, chosen, timings)
+
+
+# Respond
+
+
+def _bon_info(o: Outcome) -> p.BonInfo:
+    candidates = None
+    if o.plan.return_candidates:
+        candidates = [p.BonCandidate(index=i, text=c.text, reward=r, finish_reason=c.finish_reason, tokens=c.tokens)
+                      for i, (c, r) in enumerate(zip(o.generation.candidates, o.rewards, strict=True))]
+    return p.BonInfo(policy=o.plan.policy, policy_version=o.policy_version, reward_model_version=o.reward_version,
+                     best_of=o.plan.best_of, selection=o.plan.selection, seed=o.plan.seed,
+                     rewards=[o.rewards[i] for i in o.chosen], candidate_indices=o.chosen,
+                     reward_mean=sum(o.rewards) / len(o.rewards),
+                     candidate_tokens=sum(c.tokens for c in o.generation.candidates),
+                     candidates=candidates, timings=o.timings)
+
+
+def _usage(o: Outcome) -> p.Usage:
+    completion = sum(o.generation.candidates[i].tokens for i in o.chosen)
+    prompt = o.generation.prompt_tokens
+    return p.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def respond_json(o: Outcome) -> JSONResponse:
+    winners = [o.generation.candidates[i] for i in o.chosen]
+    common: dict[str, Any] = dict(model=o.plan.policy, system_fingerprint=o.policy_version, usage=_usage(o),
+                                  bon=_bon_info(o))
+    body: p.ChatCompletionResponse | p.CompletionResponse
+    if o.plan.endpoint == "chat":
+        body = p.ChatCompletionResponse(choices=[
+            p.ChatChoice(index=k, message=p.ChatMessageOut(content=c.text), finish_reason=c.finish_reason)
+            for k, c in enumerate(winners)], **common)
+    else:
+        body = p.CompletionResponse(choices=[p.CompletionChoice(index=k, text=c.text, finish_reason=c.finish_reason)
+                                             for k, c in enumerate(winners)], **common)
+    return JSONResponse(body.model_dump(mode="json"))
+
+
+def _pieces(text: str) -> list[str]:
+    """Word-sized pieces (with their trailing spaces) that concatenate back to the text."""
+    return re.findall(r"\s*\S+\s*", text) or [text]
+
+
+def _sse(chunk: p.ChatCompletionChunk | p.CompletionChunk, include_usage: bool) -> str:
+    data = chunk.model_dump(mode="json")
+    if data["bon"] is None:
+        del data["bon"]
+    if not include_usage:
+        del data["usage"]
+    return f"data: {json.dumps(data)}\n\n"
+
+
+async def stream_events(o: Outcome) -> AsyncIterator[str]:
+    """OpenAI's chunk format: per choice an opening chunk (the first one carries `bon`), word-sized content
+    chunks and a finish chunk; then the usage chunk when asked for, then `data: [DONE]`."""
+    chat = o.plan.endpoint == "chat"
+    head: dict[str, Any] = dict(id=p.new_id("chatcmpl" if chat else "cmpl"), created=int(time.time()),
+                                model=o.plan.policy, system_fingerprint=o.policy_version)
+
+    def chunk(k: int, text: str, finish: str | None = None, opening: bool = False,
+              bon: p.BonInfo | None = None) -> str:
+        if chat:
+            delta = p.ChunkDelta(role="assistant" if opening else None, content=None if finish else text)
+            body: p.ChatCompletionChunk | p.CompletionChunk = p.ChatCompletionChunk(
+                choices=[p.ChatChunkChoice(index=k, delta=delta, finish_reason=finish)], bon=bon, **head)
+        else:
+            body = p.CompletionChunk(choices=[p.CompletionChoice(index=k, text=text, finish_reason=finish)], bon=bon,
+                                     **head)
+        return _sse(body, o.plan.include_usage)
+
+    bon = _bon_info(o)
+    for k, i in enumerate(o.chosen):
+        candidate = o.generation.candidates[i]
+        yield chunk(k, "", opening=True, bon=bon if k == 0 else None)
+        for piece in _pieces(candidate.text) if candidate.text else []:
+            yield chunk(k, piece)
+        yield chunk(k, "", finish=candidate.finish_reason)
+    if o.plan.include_usage:
+        cls = p.ChatCompletionChunk if chat else p.CompletionChunk
+        yield _sse(cls(choices=[], usage=_usage(o), **head), True)
+    yield "data: [DONE]\n\n"
+
+
+def _record(state: ServerState, o: Outcome, arrived: float) -> None:
+    m, plan = state.metrics, o.plan
+    best = o.rewards[o.chosen[0]]
+    m.request_duration.labels(policy=plan.policy, best_of=str(plan.best_of)).observe(time.perf_counter() - arrived)
+    m.queue_wait.observe(o.timings.queue_seconds)
+    m.sample_duration.labels(policy=plan.policy).observe(o.timings.sample_seconds)
+    m.score_duration.observe(o.timings.score_seconds)
+    m.requests.labels(policy=plan.policy, endpoint=plan.endpoint).inc()
+    m.candidates.labels(policy=plan.policy).inc(len(o.generation.candidates))
+    m.tokens.labels(policy=plan.policy).inc(sum(c.tokens for c in o.generation.candidates))
+    m.prompt_tokens.labels(policy=plan.policy).inc(o.generation.prompt_tokens)
+    m.selected_reward.labels(policy=plan.policy).observe(best)
+    m.reward_gain.labels(policy=plan.policy).observe(best - sum(o.rewards) / len(o.rewards))
+
+
+async def handle(state: ServerState, request: Request, endpoint: Endpoint) -> Response:
+    arrived = time.perf_counter()
+    settings = state.settings
+    authorize(settings, request)
+    served = require_ready(state)  # this request's models, whatever is swapped in meanwhile
+    body = await read_body(request, settings.max_body_bytes)
+    req = parse(p.ChatCompletionRequest if endpoint == "chat" else p.CompletionRequest, body)
+    entry = lookup(served, req.model)
+    plan = plan_request(req, endpoint, entry, settings)
+    check_prompt_length(entry, plan, settings)
+    try:
+        async with state.admission.slot() as queue_seconds, DisconnectWatcher(request) as watcher:
+            outcome = await best_of_n(served, entry, plan, watcher, arrived, queue_seconds)
+    except Cancelled:
+        state.metrics.cancelled.inc()
+        log.info("client went away; generation and scoring of its request stopped")
+        raise APIError(499, "the client closed the request", code="client_closed") from None
+    except RemoteRequestError as exc:
+        raise invalid(f"the policy server refused the request: {exc}") from None
+    except BackendError as exc:
+        log.error("backend failure: %s", exc)
+        raise APIError(502, str(exc), code="upstream_error") from None
+    _record(state, outcome, arrived)
+    if plan.stream:
+        return StreamingResponse(stream_events(outcome), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return respond_json(outcome)
+

@@ -1,0 +1,244 @@
+"""OpenAI-shaped request and response models, fields in the API reference's order, our additions grouped.
+
+Requests tolerate unknown fields (they are logged and ignored); OpenAI fields this server cannot honour
+(`logprobs`, `tools`, `response_format`...) are refused with a 400 rather than silently dropped. Best-of-N
+request fields sit after the OpenAI ones: `best_of`, `return_candidates`, `selection`, `selection_temperature`.
+Every response carries one `bon` object (`BonInfo`) with the rewards, optional candidates, timings and the
+checkpoint versions that served it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.selection import Strategy
+
+# OpenAI fields that change what a client gets back and that this server cannot honour.
+UNSUPPORTED_FIELDS = ("logprobs", "top_logprobs", "echo", "suffix", "logit_bias", "tools", "tool_choice",
+                      "functions", "function_call", "response_format", "audio", "modalities", "prediction")
+
+
+class OpenAIModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(OpenAIModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(OpenAIModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(OpenAIModel):
+    include_usage: bool = False
+
+
+class BonRequestFields(OpenAIModel):
+    best_of: int | None = Field(default=None, ge=1)
+    """Candidates sampled and scored; the policy's default when unset (and never fewer than `n`)."""
+    return_candidates: bool = False
+    """Return every candidate's text, reward and finish reason in `bon.candidates`."""
+    selection: Strategy = "argmax"
+    """How the returned choices are picked among the candidates: argmax, weighted_vote or soft."""
+    selection_temperature: float = Field(default=1.0, gt=0)
+    """tau of the soft strategy: P(candidate) is proportional to exp(reward / tau)."""
+
+
+class ChatCompletionRequest(BonRequestFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    user: str | None = None
+
+
+class CompletionRequest(BonRequestFields):
+    model: str
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    user: str | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    """Not in the legacy API; accepted here as in chat completions."""
+
+
+class ClassifyRequest(OpenAIModel):
+    """vLLM's `/classify` chat form: one conversation that ends with the assistant answer to score."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=2)
+    use_activation: bool | None = None
+    """As in vLLM: a sigmoid of the score unless false; bon's remote reward backend sends false (raw score)."""
+
+
+# Responses
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    """Tokens of the returned choices (all candidates' tokens are in `bon.candidate_tokens`)."""
+    total_tokens: int
+
+
+class BonCandidate(BaseModel):
+    index: int
+    text: str
+    reward: float
+    finish_reason: str
+    tokens: int
+
+
+class BonTimings(BaseModel):
+    queue_seconds: float
+    """Waiting for an admission slot."""
+    sample_seconds: float
+    """Sampling all candidates."""
+    score_seconds: float
+    """Scoring them (including the micro-batcher's wait)."""
+    total_seconds: float
+    """From the request's arrival to the selected answer."""
+
+
+class BonInfo(BaseModel):
+    """Best-of-N extension of every response."""
+
+    policy: str
+    policy_version: str
+    reward_model_version: str
+    best_of: int
+    selection: Strategy
+    seed: int
+    """The seed used (drawn at random when the request set none): resend it to get the same answer."""
+    rewards: list[float]
+    """Reward of each returned choice, in choice order."""
+    candidate_indices: list[int]
+    """Which candidates were returned, in choice order."""
+    reward_mean: float
+    """Mean reward over all candidates; `rewards[0] - reward_mean` is the reward gain."""
+    candidate_tokens: int
+    """Completion tokens generated over all candidates (what the request cost)."""
+    candidates: list[BonCandidate] | None = None
+    """Every candidate, when the request set `return_candidates`."""
+    timings: BonTimings
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: None = None
+    finish_reason: str
+
+
+class CompletionChoice(BaseModel):
+    finish_reason: str | None
+    index: int
+    logprobs: None = None
+    text: str
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: new_id("chatcmpl"))
+    choices: list[ChatChoice]
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    object: Literal["chat.completion"] = "chat.completion"
+    system_fingerprint: str | None = None
+    """The policy checkpoint's version."""
+    usage: Usage
+    bon: BonInfo
+
+
+class CompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: new_id("cmpl"))
+    choices: list[CompletionChoice]
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    object: Literal["text_completion"] = "text_completion"
+    system_fingerprint: str | None = None
+    usage: Usage
+    bon: BonInfo
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    delta: ChunkDelta
+    finish_reason: str | None = None
+    index: int
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    choices: list[ChatChunkChoice]
+    created: int
+    model: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    system_fingerprint: str | None = None
+    usage: Usage | None = None
+    bon: BonInfo | None = None
+    """Sent once, on the first chunk: the winner is known before its first token is streamed."""
+
+
+class CompletionChunk(BaseModel):
+    id: str
+    choices: list[CompletionChoice]
+    created: int
+    model: str
+    object: Literal["text_completion"] = "text_completion"
+    system_fingerprint: str | None = None
+    usage: Usage | None = None
+    bon: BonInfo | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "bon"
+    bon: dict[str, Any]
+    """The policy's version, backend and default best_of."""
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
