@@ -95,6 +95,12 @@ def _loadtest(args: argparse.Namespace) -> None:
     _emit(args, run_cli(args), format_table)
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from server.cli import serve
+
+    serve(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     from training.registry import TRAINERS
 
@@ -131,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
     lt = sub.add_parser("loadtest", help="load-test any OpenAI-compatible server: latency, throughput, cost vs N")
     add_arguments(lt)
     lt.set_defaults(func=_loadtest)
+
+    from server.cli import add_arguments as add_serve_arguments
+
+    sv = sub.add_parser("serve", help="serve Best-of-N over an OpenAI-compatible HTTP API")
+    add_serve_arguments(sv)
+    sv.set_defaults(func=_serve)
     return parser
 
 
