@@ -1,0 +1,168 @@
+"""Tiny real checkpoints and real server processes for the server tests.
+
+`build_tiny_checkpoints` is the one place that decides what the servers serve: swap its body for trained
+tiny checkpoints and every server test follows.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForSequenceClassification
+
+from models.checkpoint import write_checkpoint
+from training.sft_config import ModelShape
+from training.tokenizer import train_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+SHAPE = ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                   max_position_embeddings=256, vocab_size=400)
+
+_SUBJECTS = ["my teddy bear", "the small dog", "a red kite", "my little sister", "the old cat", "our garden"]
+_ACTIONS = ["play a quiet game", "read a short story", "go for a walk", "build a pillow fort", "draw a picture",
+            "have a picnic", "sing a happy song", "plant some flowers"]
+_QUESTIONS = ["What can I do with {s} today?", "Can you suggest an activity for {s}?",
+              "How do I keep {s} happy?", "Is it a good idea to wash {s}?", "What is two plus {n}?"]
+_ANSWERS = ["You could {a} with {s}.", "Try to {a} together, it is fun.", "A nice idea is to {a}.",
+            "The answer is {m}.", "No, that is not a good idea.", "Sure! {A} and then rest."]
+
+
+def tiny_pairs(count: int = 300, seed: int = 0) -> list[tuple[str, str]]:
+    """Hand-written (question, answer) sentences, varied by a seeded choice of slots."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(count):
+        slots = {"s": rng.choice(_SUBJECTS), "a": rng.choice(_ACTIONS), "n": rng.randint(1, 9)}
+        slots |= {"m": 2 + slots["n"], "A": slots["a"].capitalize()}
+        pairs.append((rng.choice(_QUESTIONS).format(**slots), rng.choice(_ANSWERS).format(**slots)))
+    return pairs
+
+
+def build_tiny_checkpoints(root: Path, steps: int = 30) -> Path:
+    """A policy (`root/sft`, briefly trained) and a random-weight decoder RM (`root/rm`), both tiny."""
+    from training.sft import build_policy, collate, encode_examples, token_nll  # only tests that serve need it
+
+    torch.manual_seed(0)
+    pairs = tiny_pairs()
+    tokenizer = train_tokenizer([text for pair in pairs for text in pair], vocab_size=SHAPE.vocab_size)
+    policy = build_policy(SHAPE, tokenizer)
+    data = encode_examples(tokenizer, pairs, max_length=64)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    for step in range(steps):
+        batch = collate([data[(step * 16 + i) % len(data)] for i in range(16)], tokenizer.pad_token_id)
+        nll, count = token_nll(policy, batch)
+        optimizer.zero_grad()
+        (nll / count).backward()
+        optimizer.step()
+    policy.eval()
+
+    def save_policy(tmp: Path) -> None:
+        policy.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+
+    write_checkpoint(root / "sft", save_policy, kind="policy", method="sft")
+
+    reward = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=SHAPE.hidden_size, intermediate_size=SHAPE.intermediate_size,
+        num_hidden_layers=SHAPE.num_hidden_layers, num_attention_heads=SHAPE.num_attention_heads,
+        num_key_value_heads=SHAPE.num_attention_heads, max_position_embeddings=SHAPE.max_position_embeddings,
+        num_labels=1, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id))
+
+    def save_reward(tmp: Path) -> None:
+        reward.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+
+    write_checkpoint(root / "rm", save_reward, kind="reward", method="rm")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_checkpoints(tmp_path_factory.mktemp("bon-checkpoints"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(checkpoints: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 wait_ready: bool = True, timeout_s: float = 90.0) -> Server:
+    """`python -m server` on a free port, as a user starts it; returns once it is ready (or healthy)."""
+    port = free_port()
+    log = log_dir / f"server-{port}.log"
+    environ = {**os.environ, "BON_CHECKPOINTS": str(checkpoints), "BON_LOG_LEVEL": "warning",
+               "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    process = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port), *args], cwd=REPO, env=environ,
+                               stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    probe = "/ready" if wait_ready else "/health"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{server.logs()}")
+        try:
+            if httpx.get(server.url + probe, timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop_server(server)
+    raise RuntimeError(f"the server did not answer {probe} within {timeout_s}s:\n{server.logs()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def server_factory(tiny_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Start servers on the tiny checkpoints; every one is stopped at the end of the session."""
+    started: list[Server] = []
+    log_dir = tmp_path_factory.mktemp("server-logs")
+
+    def start(*args: str, **kwargs: object) -> Server:
+        server = start_server(tiny_checkpoints, log_dir, *args, **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def server(server_factory) -> Server:
+    """The shared server: generous admission, an RM batch window wide enough to merge concurrent requests."""
+    return server_factory("--default-best-of", "4", "--max-in-flight", "64", "--max-queue", "64",
+                          "--rm-max-batch", "64", "--rm-max-wait-ms", "50", "--default-max-tokens", "16",
+                          "--max-best-of", "32")
+

@@ -1,0 +1,134 @@
+import asyncio
+import threading
+import time
+
+import pytest
+
+from server.batcher import MicroBatcher
+
+
+class Recorder:
+    """A scoring function that records the batches it is given (score = length of the text)."""
+
+    def __init__(self, delay_s: float = 0.0, fail_on: str | None = None):
+        self.batches: list[list[str]] = []
+        self.delay_s = delay_s
+        self.fail_on = fail_on
+        self.threads: set[str] = set()
+
+    def __call__(self, items: list[str]) -> list[float]:
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(list(items))
+        if self.fail_on in items:
+            raise RuntimeError("boom")
+        time.sleep(self.delay_s)
+        return [float(len(x)) for x in items]
+
+
+async def _with_batcher(recorder: Recorder, body, **kwargs):
+    sizes: list[int] = []
+    batcher = MicroBatcher(recorder, on_batch=lambda size, _: sizes.append(size), **kwargs)
+    batcher.start()
+    try:
+        return await body(batcher), sizes
+    finally:
+        await batcher.stop()
+
+
+def test_concurrent_jobs_share_one_forward_pass_and_get_their_own_scores():
+    recorder = Recorder()
+
+    async def body(batcher):
+        jobs = [["a" * i, "b" * (i + 1)] for i in range(1, 6)]
+        return await asyncio.gather(*(batcher.score(job) for job in jobs))
+
+    results, sizes = asyncio.run(_with_batcher(recorder, body, max_batch=64, max_wait_s=0.05))
+    assert results == [[float(i), float(i + 1)] for i in range(1, 6)]
+    assert sizes == [10]  # five requests of two candidates, one forward pass
+    assert all(name.startswith("reward") for name in recorder.threads)  # off the event loop
+
+
+def test_batches_never_exceed_max_batch_and_jobs_are_not_split():
+    recorder = Recorder()
+
+    async def body(batcher):
+        return await asyncio.gather(*(batcher.score([f"{j}-{k}" for k in range(3)]) for j in range(5)))
+
+    results, sizes = asyncio.run(_with_batcher(recorder, body, max_batch=7, max_wait_s=0.05))
+    assert [len(r) for r in results] == [3] * 5
+    assert sizes == [6, 6, 3]
+    assert all(len(b) % 3 == 0 for b in recorder.batches)
+
+
+def test_a_job_larger_than_max_batch_runs_alone():
+    recorder = Recorder()
+
+    async def body(batcher):
+        return await batcher.score(["x"] * 10)
+
+    result, sizes = asyncio.run(_with_batcher(recorder, body, max_batch=4, max_wait_s=0.0))
+    assert result == [1.0] * 10 and sizes == [10]
+
+
+def test_a_lone_job_waits_at_most_max_wait():
+    recorder = Recorder()
+
+    async def body(batcher):
+        started = time.perf_counter()
+        await batcher.score(["solo"])
+        return time.perf_counter() - started
+
+    elapsed, sizes = asyncio.run(_with_batcher(recorder, body, max_batch=64, max_wait_s=0.1))
+    assert sizes == [1]
+    assert 0.09 <= elapsed < 1.0
+
+
+def test_jobs_arriving_during_a_forward_pass_form_the_next_batch():
+    recorder = Recorder(delay_s=0.2)
+
+    async def body(batcher):
+        first = asyncio.create_task(batcher.score(["first"]))
+        await asyncio.sleep(0.05)  # the first batch is now in its forward pass
+        later = [asyncio.create_task(batcher.score([f"later-{i}"])) for i in range(4)]
+        return await asyncio.gather(first, *later)
+
+    _, sizes = asyncio.run(_with_batcher(recorder, body, max_batch=64, max_wait_s=0.0))
+    assert sizes == [1, 4]
+
+
+def test_a_failing_batch_fails_its_jobs_and_the_worker_carries_on():
+    recorder = Recorder(fail_on="bad")
+
+    async def body(batcher):
+        results = await asyncio.gather(batcher.score(["bad"]), batcher.score(["ok"]), return_exceptions=True)
+        return results, await batcher.score(["fine"])
+
+    (results, after), _ = asyncio.run(_with_batcher(recorder, body, max_batch=64, max_wait_s=0.05))
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert after == [4.0]
+
+
+def test_cancelled_jobs_are_dropped_before_scoring():
+    recorder = Recorder(delay_s=0.2)
+
+    async def body(batcher):
+        busy = asyncio.create_task(batcher.score(["busy"]))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(batcher.score(["gone"]))
+        kept = asyncio.create_task(batcher.score(["kept"]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        return await asyncio.gather(busy, kept)
+
+    results, _ = asyncio.run(_with_batcher(recorder, body, max_batch=64, max_wait_s=0.0))
+    assert results == [[4.0], [4.0]]
+    assert ["gone"] not in recorder.batches and all("gone" not in b for b in recorder.batches)
+
+
+def test_score_needs_a_running_batcher():
+    async def body():
+        batcher = MicroBatcher(Recorder(), max_batch=4, max_wait_s=0.0)
+        with pytest.raises(RuntimeError):
+            await batcher.score(["x"])
+
+    asyncio.run(body())
