@@ -1,0 +1,53 @@
+"""`bon loadtest` against the real Best-of-N server (`python -m server`, as `bon serve` starts it) on tiny
+checkpoints, reusing the server tests' builders: our `bon` extension is read, and admission-control refusals
+are counted as 429s, never as a crash."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+
+import pytest
+
+from loadtest import add_arguments, run_cli
+from tests.server.conftest import Server, build_tiny_checkpoints, start_server, stop_server
+
+
+@pytest.fixture(scope="module")
+def bon_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # one slot and one queue place: a third concurrent request is refused with 429 at once
+    checkpoints = build_tiny_checkpoints(tmp_path_factory.mktemp("bon-checkpoints"))
+    server = start_server(checkpoints, tmp_path_factory.mktemp("server-logs"), "--max-in-flight", "1",
+                          "--max-queue", "1", "--default-max-tokens", "8", "--max-best-of", "8")
+    yield server
+    stop_server(server)
+
+
+def _run(*flags: str) -> dict:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return run_cli(parser.parse_args(["--no-progress", "--max-tokens", "8", *flags]))
+
+
+def test_sweep_reads_the_bon_extension(bon_server, tmp_path):
+    summary = _run("--url", bon_server.url, "--best-of", "1,4", "--concurrency", "1", "--requests", "4",
+                   "--out", str(tmp_path))
+    assert summary["config"]["model"] == "sft"  # the first id of GET /v1/models
+    one, four = summary["points"]
+    for p in (one, four):
+        assert (p["sent"], p["answered"], p["errors"]) == (4, 4, 0), p["errors_by_status"]
+        assert p["device_seconds_source"] == "timings"  # bon.timings sample + score seconds
+        assert 0 < p["device_seconds_per_answer"] <= p["latency_s_max"]
+        assert p["ttft_s_p50"] <= p["latency_s_p50"]
+        assert p["reward_mean"] is not None
+    assert one["generated_per_returned_token"] == 1.0
+    assert four["generated_tokens_per_answer"] > one["generated_tokens_per_answer"]  # 4 candidates per answer
+
+
+def test_admission_refusals_are_counted_by_status(bon_server, tmp_path):
+    summary = _run("--url", bon_server.url, "--best-of", "4", "--concurrency", "4", "--requests", "12",
+                   "--no-stream", "--out", str(tmp_path))
+    (p,) = summary["points"]
+    assert p["sent"] == 12 == p["answered"] + p["errors"]
+    assert set(p["errors_by_status"]) == {"429"}
+    assert p["answered"] >= 1
