@@ -71,9 +71,12 @@ def _first_model(url: str, headers: dict[str, str], timeout: float) -> str:
     import httpx
 
     models_url = url.removesuffix("/chat/completions") + "/models"
-    response = httpx.get(models_url, headers=headers, timeout=timeout)
-    response.raise_for_status()
-    return str(response.json()["data"][0]["id"])
+    try:
+        response = httpx.get(models_url, headers=headers, timeout=timeout)
+        response.raise_for_status()
+        return str(response.json()["data"][0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise SystemExit(f"bon loadtest: no model from GET {models_url} ({exc}); pass --model") from exc
 
 
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:

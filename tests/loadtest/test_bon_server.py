@@ -1,6 +1,6 @@
 """`bon loadtest` against the real Best-of-N server (`python -m server`, as `bon serve` starts it) on tiny
 checkpoints, reusing the server tests' builders: our `bon` extension is read, and admission-control refusals
-are counted as 429s, never as a crash."""
+and a wrong API key are counted by status, never a crash."""
 
 from __future__ import annotations
 
@@ -10,17 +10,20 @@ from collections.abc import Iterator
 import pytest
 
 from loadtest import add_arguments, run_cli
-from tests.server.conftest import Server, build_tiny_checkpoints, start_server, stop_server
+from tests.server.conftest import API_KEY, Server, build_tiny_checkpoints, launch_server
 
 
 @pytest.fixture(scope="module")
 def bon_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # one slot and one queue place: a third concurrent request is refused with 429 at once
     checkpoints = build_tiny_checkpoints(tmp_path_factory.mktemp("bon-checkpoints"))
-    server = start_server(checkpoints, tmp_path_factory.mktemp("server-logs"), "--max-in-flight", "1",
-                          "--max-queue", "1", "--default-max-tokens", "8", "--max-best-of", "8")
-    yield server
-    stop_server(server)
+    server = launch_server(checkpoints, tmp_path_factory.mktemp("server-logs"), "--api-key", API_KEY,
+                           "--max-in-flight", "1", "--max-queue", "1", "--default-max-tokens", "8",
+                           "--max-best-of", "8")
+    try:
+        yield server.wait()
+    finally:
+        server.stop()
 
 
 def _run(*flags: str) -> dict:
@@ -30,8 +33,8 @@ def _run(*flags: str) -> dict:
 
 
 def test_sweep_reads_the_bon_extension(bon_server, tmp_path):
-    summary = _run("--url", bon_server.url, "--best-of", "1,4", "--concurrency", "1", "--requests", "4",
-                   "--out", str(tmp_path))
+    summary = _run("--url", bon_server.url, "--api-key", API_KEY, "--best-of", "1,4", "--concurrency", "1",
+                   "--requests", "4", "--out", str(tmp_path))
     assert summary["config"]["model"] == "sft"  # the first id of GET /v1/models
     one, four = summary["points"]
     for p in (one, four):
@@ -45,9 +48,13 @@ def test_sweep_reads_the_bon_extension(bon_server, tmp_path):
 
 
 def test_admission_refusals_are_counted_by_status(bon_server, tmp_path):
-    summary = _run("--url", bon_server.url, "--best-of", "4", "--concurrency", "4", "--requests", "12",
-                   "--no-stream", "--out", str(tmp_path))
+    summary = _run("--url", bon_server.url, "--api-key", API_KEY, "--best-of", "4", "--concurrency", "4",
+                   "--requests", "12", "--no-stream", "--out", str(tmp_path))
     (p,) = summary["points"]
     assert p["sent"] == 12 == p["answered"] + p["errors"]
     assert set(p["errors_by_status"]) == {"429"}
     assert p["answered"] >= 1
+
+    summary = _run("--url", bon_server.url, "--api-key", "wrong", "--model", "sft", "--best-of", "1",
+                   "--concurrency", "1", "--requests", "2", "--out", str(tmp_path / "unauthorized"))
+    assert summary["points"][0]["errors_by_status"] == {"401": 2}
