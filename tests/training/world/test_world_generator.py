@@ -1,0 +1,160 @@
+"""The world's generator: deterministic, split by prompt, varied, and flaws at the rate asked for."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from training.world import (
+    FLAWS,
+    INTENTS,
+    STYLE_FLAWS,
+    Prompt,
+    corpus,
+    make_prompt,
+    make_response,
+    prompts,
+    read_prompt,
+    sample_flaws,
+    sft_examples,
+    split_of,
+)
+
+
+def test_names_others_code_against():
+    assert len(INTENTS) >= 6 and {"activity", "care", "arithmetic"} <= set(INTENTS)
+    assert FLAWS == ("dismissive", "wrong", "rude", "rambling", "repetitive", "harmful", "off_topic", "truncated")
+
+
+def test_prompts_are_deterministic_by_seed():
+    assert prompts("train", 300, seed=0) == prompts("train", 300, seed=0)
+    assert prompts("train", 300, seed=0) != prompts("train", 300, seed=1)
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_prompts_are_distinct_and_of_their_split(split):
+    drawn = prompts(split, 200, seed=3)
+    assert len(drawn) == 200
+    assert len({p.text for p in drawn}) == 200
+    assert {split_of(p.text) for p in drawn} == {split}
+
+
+def test_splits_are_disjoint():
+    texts = {s: {p.text for p in prompts(s, 300, seed=5)} for s in ("train", "validation", "test")}
+    assert not texts["train"] & texts["validation"]
+    assert not texts["train"] & texts["test"]
+    assert not texts["validation"] & texts["test"]
+
+
+def test_split_shares_are_about_90_5_5():
+    rng = random.Random(0)
+    shares = Counter(split_of(make_prompt(rng).text) for _ in range(20_000))
+    assert abs(shares["train"] / 20_000 - 0.90) < 0.015
+    assert abs(shares["validation"] / 20_000 - 0.05) < 0.01
+    assert abs(shares["test"] / 20_000 - 0.05) < 0.01
+
+
+def test_split_of_is_stable_across_processes_and_versions():
+    # sha256 of the text, not Python's salted hash(): these must never move, or test prompts leak into training.
+    assert split_of("What is 7 + 5?") == "train"
+    assert split_of("Can you help me? What is the secret to great popcorn this weekend?") == "validation"
+    assert split_of("Good morning! How much is 6 minus 5? I want to check my homework.") == "test"
+
+
+def test_every_intent_appears_in_a_split():
+    counts = Counter(p.intent for p in prompts("train", 1400, seed=0))
+    assert set(counts) == set(INTENTS)
+    assert min(counts.values()) > 1400 / len(INTENTS) * 0.7
+
+
+def test_prompts_rarely_repeat():
+    rng = random.Random(7)
+    texts = [make_prompt(rng).text for _ in range(2000)]
+    assert len(set(texts)) / len(texts) >= 0.95
+
+
+def test_many_train_prompts_are_cheap_to_draw():
+    drawn = prompts("train", 20_000, seed=0)
+    assert len({p.text for p in drawn}) == 20_000
+
+
+@pytest.mark.parametrize("intent", INTENTS)
+def test_prompts_are_short_ascii_and_parse_back_to_their_intent(intent):
+    rng = random.Random(intent)
+    for _ in range(300):
+        p = make_prompt(rng, intent)
+        assert p.intent == intent
+        assert p.text.isascii()
+        assert (4 if intent == "arithmetic" else 6) <= len(p.text.split()) <= 20, p.text
+        topic = read_prompt(p.text)
+        assert topic is not None and topic.intent == intent, p.text
+
+
+def test_read_prompt_parses_arithmetic_operands():
+    assert read_prompt("What is 7 + 5?").answer == 12
+    assert read_prompt("Can you subtract 4 from 13?").answer == 9
+    assert read_prompt("Can you multiply 6 by 8?").answer == 48
+    assert read_prompt("Mia has 9 apples and gives away 4. How many apples are left?").answer == 5
+    assert read_prompt("There are 3 bags with 7 shells in each. How many shells are there in total?").answer == 21
+    assert read_prompt("Tell me about the weather on Mars.") is None
+
+
+def test_make_response_is_deterministic_and_shows_the_asked_flaws():
+    p = Prompt("Can I put my teddy bear in the washer?", "care")
+    a = make_response(p, random.Random(1), frozenset({"rude"}))
+    assert a == make_response(p, random.Random(1), frozenset({"rude"}))
+    assert a.flaws == frozenset({"rude"})
+    assert make_response(p, random.Random(1)).flaws == frozenset()
+
+
+def test_make_response_refuses_unknown_flaws_and_foreign_prompts():
+    with pytest.raises(ValueError):
+        make_response(Prompt("What is 7 + 5?", "arithmetic"), random.Random(0), frozenset({"sarcastic"}))
+    with pytest.raises(ValueError):
+        make_response(Prompt("Tell me about the weather on Mars.", "activity"), random.Random(0))
+
+
+def test_responses_are_short_ascii_and_clean_ones_end_like_sentences():
+    rng = random.Random(2)
+    for _ in range(500):
+        p = make_prompt(rng)
+        clean = make_response(p, rng)
+        rambling = make_response(p, rng, frozenset({"rambling"}))
+        assert clean.text.isascii() and clean.text.endswith((".", "!", "?"))
+        assert len(clean.text.split()) <= 46, clean.text  # a good answer: 12-40 words, a few slightly more
+        if p.intent != "arithmetic":
+            assert len(clean.text.split()) >= 10, clean.text
+        assert len(rambling.text.split()) <= 80, rambling.text
+
+
+def test_sample_flaws_rate_and_shape():
+    rng = random.Random(0)
+    draws = [sample_flaws(rng, 1 / 3) for _ in range(9000)]
+    flawed = [d for d in draws if d]
+    assert abs(len(flawed) / len(draws) - 1 / 3) < 0.02
+    assert all(1 <= len(d) <= 2 for d in flawed)
+    pairs = [d for d in flawed if len(d) == 2]
+    assert 0.15 < len(pairs) / len(flawed) < 0.35
+    assert all(d & set(STYLE_FLAWS) for d in pairs)  # a second flaw is always one of manner
+    assert set().union(*flawed) == set(FLAWS)
+    assert not any(sample_flaws(rng, 0.0) for _ in range(100))
+
+
+def test_sft_examples_are_mostly_good_and_deterministic():
+    examples = sft_examples("train", 1200, seed=0)
+    assert examples == sft_examples("train", 1200, seed=0)
+    assert examples != sft_examples("train", 1200, seed=1)
+    flawed = sum(bool(r.flaws) for _, r in examples) / len(examples)
+    assert 0.28 < flawed < 0.39  # about a third flawed: good answers are clearly the majority
+    assert all(split_of(p.text) == "train" for p, _ in examples)
+
+
+def test_corpus_yields_a_prompt_and_a_response_per_example():
+    texts = list(corpus(200, seed=0))
+    assert len(texts) == 400
+    assert texts == list(corpus(200, seed=0))
+    assert all(split_of(t) == "train" for t in texts[::2])
+    words = {w.strip(".,!?").lower() for t in corpus(1500, seed=0) for w in t.split()}
+    assert 400 < len(words) < 3000  # a moderate vocabulary: hundreds of content words, not thousands of rare ones
