@@ -94,7 +94,7 @@ class ServerState:
         scorer.start()
         return scorer
 
-    async def start(self, warmup_retry_s: float = 5.0) -> None:
+    async def start(self, warmup_retry_s: float = 2.0) -> None:
         """Load the models off the event loop, then warm up until it succeeds (a remote may come up later)."""
         try:
             policies, reward = await asyncio.to_thread(load_models, self.settings)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -108,61 +109,120 @@ class Server:
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait(self, probe: str = "/ready", timeout_s: float = 120.0) -> Server:
+        """Return once `probe` answers 200; fail with the server's log if it exits or never does."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(self.url + probe, timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the server did not answer {probe} within {timeout_s}s:\n{self.logs()}")
 
-def start_server(checkpoints: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 wait_ready: bool = True, timeout_s: float = 90.0) -> Server:
-    """`python -m server` on a free port, as a user starts it; returns once it is ready (or healthy)."""
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+SERVE = (sys.executable, "-m", "server")
+BON_SERVE = (sys.executable, "-m", "bon.cli", "serve")
+
+
+def launch_server(checkpoints: Path, log_dir: Path, *args: str, command: tuple[str, ...] = SERVE) -> Server:
+    """`python -m server` (or `bon serve`) on a free port, as a user starts it (call `wait` before using it)."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
-    environ = {**os.environ, "BON_CHECKPOINTS": str(checkpoints), "BON_LOG_LEVEL": "warning",
-               "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    process = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port), *args], cwd=REPO, env=environ,
+    env = {**os.environ, "BON_CHECKPOINTS": str(checkpoints), "BON_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    process = subprocess.Popen([*command, "--port", str(port), *args], cwd=REPO, env=env,
                                stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", process, log)
-    probe = "/ready" if wait_ready else "/health"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{server.logs()}")
-        try:
-            if httpx.get(server.url + probe, timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    stop_server(server)
-    raise RuntimeError(f"the server did not answer {probe} within {timeout_s}s:\n{server.logs()}")
+    return Server(f"http://127.0.0.1:{port}", process, log)
 
 
-def stop_server(server: Server) -> None:
-    server.process.terminate()
+def tampered_copy(checkpoints: Path, root: Path) -> Path:
+    """The checkpoints with the reward model's weights altered after hashing: its manifest no longer verifies."""
+    shutil.copytree(checkpoints / "sft", root / "sft")
+    shutil.copytree(checkpoints / "rm", root / "rm")
+    with open(root / "rm" / "model.safetensors", "ab") as f:
+        f.write(b"tampered")
+    return root
+
+
+MAIN_ARGS = ("--default-best-of", "4", "--max-in-flight", "64", "--max-queue", "64", "--rm-max-batch", "64",
+             "--rm-max-wait-ms", "50", "--default-max-tokens", "16", "--max-best-of", "32")
+"""The shared server: generous admission, an RM batch window wide enough to merge concurrent requests."""
+API_KEY = "sk-test-key"
+STRICT_ARGS = ("--api-key", API_KEY, "--max-in-flight", "1", "--max-queue", "1", "--max-prompt-tokens", "32",
+               "--max-body-bytes", "4096", "--default-best-of", "2", "--retry-after-s", "2")
+"""API keys, one request in flight, a queue of one, short prompts and small bodies."""
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("server-logs")
+
+
+def front_args(main: Server, dead_url: str) -> tuple[str, ...]:
+    """A server whose policy is the main server (behind a dead replica) and whose RM is the main's /classify."""
+    return ("--policy-backend", "openai", "--policy", "sft", "--openai-base-url", dead_url, "--openai-base-url",
+            main.url + "/v1", "--reward-backend", "remote", "--reward-url", main.url + "/classify",
+            "--default-best-of", "3", "--checkpoints", "/nonexistent")
+
+
+@pytest.fixture(scope="session")
+def servers(tiny_checkpoints: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+            unused_url: str) -> Iterator[dict]:
+    """Every server the tests use, started together (process start-up dominates): main; strict; broken, which
+    never gets ready; front, which serves through main."""
+    broken_root = tampered_copy(tiny_checkpoints, tmp_path_factory.mktemp("tampered"))
+    main = launch_server(tiny_checkpoints, log_dir, *MAIN_ARGS)
+    launched = {"main": main, "strict": launch_server(tiny_checkpoints, log_dir, *STRICT_ARGS),
+                "broken": launch_server(broken_root, log_dir, command=BON_SERVE),
+                "front": launch_server(tiny_checkpoints, log_dir, *front_args(main, unused_url))}
     try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+        yield launched
+    finally:
+        for server in launched.values():
+            server.stop()
 
 
 @pytest.fixture(scope="session")
-def server_factory(tiny_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """Start servers on the tiny checkpoints; every one is stopped at the end of the session."""
-    started: list[Server] = []
-    log_dir = tmp_path_factory.mktemp("server-logs")
-
-    def start(*args: str, **kwargs: object) -> Server:
-        server = start_server(tiny_checkpoints, log_dir, *args, **kwargs)  # type: ignore[arg-type]
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        stop_server(server)
+def server(servers: dict) -> Server:
+    return servers["main"].wait()
 
 
 @pytest.fixture(scope="session")
-def server(server_factory) -> Server:
-    """The shared server: generous admission, an RM batch window wide enough to merge concurrent requests."""
-    return server_factory("--default-best-of", "4", "--max-in-flight", "64", "--max-queue", "64",
-                          "--rm-max-batch", "64", "--rm-max-wait-ms", "50", "--default-max-tokens", "16",
-                          "--max-best-of", "32")
+def unused_url() -> str:
+    """A URL where nothing listens (a dead replica)."""
+    return f"http://127.0.0.1:{free_port()}"
 
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    """The key the strict server accepts."""
+    return API_KEY
+
+
+@pytest.fixture(scope="session")
+def strict(servers: dict) -> Server:
+    return servers["strict"].wait()
+
+
+@pytest.fixture(scope="session")
+def front(servers: dict) -> Server:
+    servers["main"].wait()
+    return servers["front"].wait()
+
+
+@pytest.fixture(scope="session")
+def broken(servers: dict) -> Server:
+    """Alive (`/health`), never ready: its reward model fails verification."""
+    return servers["broken"].wait("/health")

@@ -1,0 +1,148 @@
+"""Every refusal in OpenAI's envelope with the right status: 400, 401, 404, 413, 429, 503; never 422 or 500."""
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+PROMPT = [{"role": "user", "content": "What can I do with my teddy bear today?"}]
+CHAT = "/v1/chat/completions"
+
+
+def envelope(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def rejections(server) -> dict[str, float]:
+    text = httpx.get(server.url + "/metrics").text
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == "bon_rejections"]
+    return {s.labels["reason"]: s.value for s in family.samples if s.name == "bon_rejections_total"}
+
+
+def _chat(**fields) -> dict:
+    return {"model": "sft", "messages": PROMPT, "max_tokens": 4, **fields}
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    (_chat(messages=[]), "messages"),
+    ({"model": "sft"}, "messages"),
+    ({"messages": PROMPT}, "model"),
+    (_chat(temperature="hot"), "temperature"),
+    (_chat(temperature=2.5), "temperature"),
+    (_chat(top_p=0), "top_p"),
+    (_chat(max_tokens=0), "max_tokens"),
+    (_chat(max_tokens=100_000), "max_tokens"),
+    (_chat(max_completion_tokens=100_000), "max_completion_tokens"),
+    (_chat(n=3, best_of=2), "n"),
+    (_chat(n=9), "n"),
+    (_chat(best_of=33), "best_of"),
+    (_chat(best_of=0), "best_of"),
+    (_chat(selection="majority"), "selection"),
+    (_chat(selection="soft", selection_temperature=0), "selection_temperature"),
+    (_chat(logprobs=True), "logprobs"),
+    (_chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    (_chat(messages=[{"role": "tool", "content": "x"}]), "messages.0.role"),
+    (_chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), None),
+    (_chat(stream_options={"include_usage": True}), "stream_options"),
+    (_chat(stop=["s"] * 17), "stop"),
+    (_chat(seed="abc"), "seed"),
+    (_chat(max_tokens=250), "messages"),  # prompt + max_tokens exceed the tiny model's 256 positions
+])
+def test_invalid_chat_requests_are_400(server, body, param):
+    error = envelope(httpx.post(server.url + CHAT, json=body, timeout=30), 400)
+    assert error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error["param"] == param
+
+
+@pytest.mark.parametrize("raw", [b'{"model": "sft", "messages": ', b"", b"[]", b"\xff\xfe", b'"just a string"'])
+def test_malformed_bodies_are_400(server, raw):
+    response = httpx.post(server.url + CHAT, content=raw, headers={"content-type": "application/json"})
+    envelope(response, 400)
+
+
+def test_invalid_legacy_completions_are_400(server):
+    body = {"model": "sft", "prompt": ["one", "two"], "max_tokens": 4}
+    assert envelope(httpx.post(server.url + "/v1/completions", json=body), 400)["param"] == "prompt"
+    body = {"model": "sft", "prompt": "hi", "echo": True}
+    assert envelope(httpx.post(server.url + "/v1/completions", json=body), 400)["param"] == "echo"
+
+
+def test_openai_client_sees_bad_requests_as_such(server):
+    c = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        c.chat.completions.create(model="sft", messages=PROMPT, n=5, extra_body={"best_of": 2})
+    assert info.value.body["param"] == "n"
+
+
+def test_unknown_model_and_route_are_404(server):
+    c = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as info:
+        c.chat.completions.create(model="gpt-9", messages=PROMPT)
+    assert info.value.body["code"] == "model_not_found" and info.value.body["param"] == "model"
+    envelope(httpx.get(server.url + "/v1/nothing"), 404)
+    envelope(httpx.get(server.url + CHAT), 405)
+
+
+def test_api_keys(strict, api_key):
+    assert envelope(httpx.post(strict.url + CHAT, json=_chat()), 401)["code"] == "invalid_api_key"
+    wrong = {"Authorization": "Bearer nope"}
+    assert envelope(httpx.post(strict.url + CHAT, json=_chat(), headers=wrong), 401)["type"] == "authentication_error"
+    envelope(httpx.get(strict.url + "/v1/models", headers=wrong), 401)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=strict.url + "/v1", api_key="nope", max_retries=0).models.list()
+    good = openai.OpenAI(base_url=strict.url + "/v1", api_key=api_key, max_retries=0)
+    assert good.chat.completions.create(model="sft", messages=PROMPT, max_tokens=4).choices
+    assert httpx.get(strict.url + "/health").status_code == 200  # probes need no key
+    assert rejections(strict)["invalid_api_key"] >= 3
+
+
+def test_too_long_prompt_is_400(strict, api_key):
+    long = [{"role": "user", "content": "What can I do with my teddy bear today? " * 6}]
+    response = httpx.post(strict.url + CHAT, json=_chat(messages=long), headers={"Authorization": f"Bearer {api_key}"})
+    error = envelope(response, 400)
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+
+
+def test_too_large_body_is_413_before_parsing(strict, api_key):
+    auth = {"Authorization": f"Bearer {api_key}"}
+    big = b'{"model": "sft", "messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}'
+    assert envelope(httpx.post(strict.url + CHAT, content=big, headers=auth), 413)["code"] == "body_too_large"
+    # Without a Content-Length (chunked), the limit is enforced while reading.
+    chunked = httpx.post(strict.url + CHAT, content=iter([big[:3000], big[3000:]]), headers=auth)
+    envelope(chunked, 413)
+
+
+def test_admission_full_is_429_with_retry_after(strict, api_key):
+    body = _chat(max_tokens=200, temperature=2.0, best_of=32)
+
+    async def run():
+        async with httpx.AsyncClient(base_url=strict.url, headers={"Authorization": f"Bearer {api_key}"},
+                                     timeout=60) as c:
+            return await asyncio.gather(*(c.post(CHAT, json=body) for _ in range(6)))
+
+    responses = asyncio.run(run())
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) >= 1 and statuses.count(429) >= 3, statuses
+    refused = next(r for r in responses if r.status_code == 429)
+    assert envelope(refused, 429)["code"] == "queue_full" and refused.headers["retry-after"] == "2"
+    assert rejections(strict)["queue_full"] >= 3
+
+
+def test_not_ready_is_503(broken):
+    assert httpx.get(broken.url + "/health").status_code == 200
+    deadline = time.monotonic() + 60
+    while "sha256" not in (error := envelope(httpx.get(broken.url + "/ready"), 503))["message"]:
+        assert time.monotonic() < deadline, error  # still loading: also a 503
+        time.sleep(0.1)
+    assert error["code"] == "not_ready"
+    response = httpx.post(broken.url + CHAT, json=_chat())
+    assert envelope(response, 503)["type"] == "service_unavailable" and "retry-after" in response.headers
+    envelope(httpx.get(broken.url + "/v1/models"), 503)
