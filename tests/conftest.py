@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.rm_config import RMConfig
 from training.sft_config import ModelShape, SFTConfig
 
 torch.set_num_threads(2)
@@ -18,7 +19,7 @@ TINY_SHAPE = ModelShape(hidden_size=48, intermediate_size=96, num_hidden_layers=
 def tiny_sft_config(out: Path, **overrides: object) -> SFTConfig:
     """An SFT run that takes seconds: tiny shape, few steps, small world sample."""
     values: dict[str, object] = dict(out=out, model=TINY_SHAPE, train_examples=640, validation_examples=64,
-                                     steps=40, batch_size=16, lr=3e-3, warmup=5, eval_every=20, save_every=20,
+                                     steps=40, batch_size=16, lr=1e-2, warmup=5, eval_every=20, save_every=20,
                                      eval_prompts=0, max_length=96)
     values.update(overrides)
     return SFTConfig(**values)  # type: ignore[arg-type]
@@ -36,4 +37,22 @@ def tiny_sft(checkpoint_root: Path) -> Path:
 
     out = checkpoint_root / "sft"
     train_sft(tiny_sft_config(out))
+    return out
+
+
+def tiny_rm_config(out: Path, parent: Path, **overrides: object) -> RMConfig:
+    """A decoder RM from the tiny SFT policy in seconds: few pairs, few steps."""
+    values: dict[str, object] = dict(out=out, parent=parent, pairs=128, eval_pairs=32, epochs=2.0, batch_size=16,
+                                     lr=1e-3, warmup=2, max_length=128, eval_every=1000, save_every=1000)
+    values.update(overrides)
+    return RMConfig(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def tiny_rm(checkpoint_root: Path, tiny_sft: Path) -> Path:
+    """A tiny decoder reward model trained from the tiny SFT policy, once per test session."""
+    from training.rm import train_rm
+
+    out = checkpoint_root / "rm"
+    train_rm(tiny_rm_config(out, tiny_sft))
     return out
