@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from server.errors import APIError
 from server.metrics import Metrics
+
+
+async def _plain(work: Awaitable[Any]) -> Any:
+    return await work
 
 
 class Admission:
@@ -26,8 +31,11 @@ class Admission:
         self._slots = asyncio.Semaphore(max_in_flight)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[float]:
-        """Hold one slot for the block; yields the seconds spent waiting for it."""
+    async def slot(self, wait: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None) -> AsyncIterator[float]:
+        """Hold one slot for the block; yields the seconds spent waiting for it.
+
+        `wait` wraps the wait for a slot (e.g. to give up when the client disconnects while queued).
+        """
         if self.in_flight + self.waiting >= self.max_in_flight + self.max_queue:
             raise APIError(429, f"the server is at capacity ({self.max_in_flight} requests in flight, "
                            f"{self.max_queue} queued); retry later", code="queue_full",
@@ -36,7 +44,7 @@ class Admission:
         self.waiting += 1
         self.metrics.queued.inc()
         try:
-            await self._slots.acquire()
+            await (wait or _plain)(self._slots.acquire())
         finally:
             self.waiting -= 1
             self.metrics.queued.dec()

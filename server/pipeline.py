@@ -349,7 +349,7 @@ async def handle(state: ServerState, request: Request, endpoint: Endpoint) -> Re
     plan = plan_request(req, endpoint, entry, settings)
     check_prompt_length(entry, plan, settings)
     try:
-        async with state.admission.slot() as queue_seconds, DisconnectWatcher(request) as watcher:
+        async with DisconnectWatcher(request) as watcher, state.admission.slot(watcher.until_gone) as queue_seconds:
             outcome = await best_of_n(served, entry, plan, watcher, arrived, queue_seconds)
     except Cancelled:
         state.metrics.cancelled.inc()

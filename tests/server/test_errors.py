@@ -146,3 +146,32 @@ def test_not_ready_is_503(broken):
     response = httpx.post(broken.url + CHAT, json=_chat())
     assert envelope(response, 503)["type"] == "service_unavailable" and "retry-after" in response.headers
     envelope(httpx.get(broken.url + "/v1/models"), 503)
+
+
+def test_a_queued_client_that_disconnects_leaves_the_queue(strict, api_key):
+    auth = {"Authorization": f"Bearer {api_key}"}
+    long = _chat(max_tokens=200, temperature=2.0, best_of=32)
+
+    def gauge(name: str) -> float:
+        text = httpx.get(strict.url + "/metrics").text
+        (family,) = [f for f in text_string_to_metric_families(text) if f.name == name]
+        return sum(s.value for s in family.samples if s.name in (name, name + "_total"))
+
+    async def run():
+        async with httpx.AsyncClient(base_url=strict.url, headers=auth, timeout=60) as c:
+            holder = asyncio.create_task(c.post(CHAT, json=long))
+            await asyncio.sleep(0.1)  # the holder has the only slot
+            before = gauge("bon_requests_cancelled")
+            with pytest.raises(httpx.ReadTimeout):
+                await c.post(CHAT, json=long, timeout=httpx.Timeout(60, read=0.1))
+            queued_after_leaving = []
+            for _ in range(40):
+                queued_after_leaving.append(gauge("bon_requests_queued"))
+                if queued_after_leaving[-1] == 0 and gauge("bon_requests_cancelled") == before + 1:
+                    break
+                await asyncio.sleep(0.05)
+            return (await holder).status_code, before, queued_after_leaving[-1]
+
+    status, before, queued = asyncio.run(run())
+    assert status == 200 and queued == 0
+    assert gauge("bon_requests_cancelled") == before + 1
