@@ -27,8 +27,16 @@ def _dpo() -> tuple[type, Callable[[Any], Any]]:
     return DPOConfig, train_dpo
 
 
+def _ppo() -> tuple[type, Callable[[Any], Any]]:
+    from training.ppo import train_ppo_for_cli
+    from training.ppo_config import PPOConfig
+
+    return PPOConfig, train_ppo_for_cli
+
+
 TRAINERS: dict[str, Callable[[], tuple[type, Callable[[Any], Any]]]] = {
     "sft": _sft,
     "rm": _rm,
     "dpo": _dpo,
+    "ppo": _ppo,
 }
