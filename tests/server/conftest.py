@@ -161,8 +161,17 @@ MAIN_ARGS = ("--default-best-of", "4", "--max-in-flight", "64", "--max-queue", "
 """The shared server: generous admission, an RM batch window wide enough to merge concurrent requests."""
 API_KEY = "sk-test-key"
 STRICT_ARGS = ("--api-key", API_KEY, "--max-in-flight", "1", "--max-queue", "1", "--max-prompt-tokens", "32",
-               "--max-body-bytes", "4096", "--default-best-of", "2", "--retry-after-s", "2")
+               "--max-body-bytes", "4096", "--retry-after-s", "2")
 """API keys, one request in flight, a queue of one, short prompts and small bodies."""
+
+
+def two_policy_config(checkpoints: Path, directory: Path) -> Path:
+    """A TOML config serving the tiny policy under two names with different default best_of."""
+    config = directory / "serve.toml"
+    sft, rm = checkpoints / "sft", checkpoints / "rm"
+    config.write_text(f'default_best_of = 2\n[policies.sft]\npath = "{sft}"\n'
+                      f'[policies.twin]\npath = "{sft}"\nbest_of = 3\n[reward]\npath = "{rm}"\n')
+    return config
 
 
 @pytest.fixture(scope="session")
@@ -180,11 +189,13 @@ def front_args(main: Server, dead_url: str) -> tuple[str, ...]:
 @pytest.fixture(scope="session")
 def servers(tiny_checkpoints: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory,
             unused_url: str) -> Iterator[dict]:
-    """Every server the tests use, started together (process start-up dominates): main; strict; broken, which
-    never gets ready; front, which serves through main."""
+    """Every server the tests use, started together (process start-up dominates): main; strict, configured by
+    a file; broken, which never gets ready; front, which serves through main."""
     broken_root = tampered_copy(tiny_checkpoints, tmp_path_factory.mktemp("tampered"))
     main = launch_server(tiny_checkpoints, log_dir, *MAIN_ARGS)
-    launched = {"main": main, "strict": launch_server(tiny_checkpoints, log_dir, *STRICT_ARGS),
+    config = two_policy_config(tiny_checkpoints, tmp_path_factory.mktemp("config"))
+    launched = {"main": main, "strict": launch_server(Path("/nonexistent"), log_dir, *STRICT_ARGS, "--config",
+                                                      str(config)),
                 "broken": launch_server(broken_root, log_dir, command=BON_SERVE),
                 "front": launch_server(tiny_checkpoints, log_dir, *front_args(main, unused_url))}
     try:

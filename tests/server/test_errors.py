@@ -175,3 +175,13 @@ def test_a_queued_client_that_disconnects_leaves_the_queue(strict, api_key):
     status, before, queued = asyncio.run(run())
     assert status == 200 and queued == 0
     assert gauge("bon_requests_cancelled") == before + 1
+
+
+def test_a_config_file_names_the_policies_and_their_best_of(strict, api_key):
+    c = openai.OpenAI(base_url=strict.url + "/v1", api_key=api_key, max_retries=0)
+    cards = {m.id: m.model_extra["bon"] for m in c.models.list().data}
+    assert {name: card["default_best_of"] for name, card in cards.items()} == {"sft": 2, "twin": 3}
+    assert cards["sft"]["version"] == cards["twin"]["version"]
+    for name, best_of in (("sft", 2), ("twin", 3)):
+        r = c.chat.completions.create(model=name, messages=PROMPT, max_tokens=4)
+        assert r.model == name and r.model_extra["bon"]["best_of"] == best_of
