@@ -212,8 +212,10 @@ class DisconnectWatcher:
             await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
-        if not task.done():
-            task.cancel()
+            finished = task.done()
+            if not finished:  # the client left, or this request itself is being cancelled
+                task.cancel()
+        if not finished:
             raise Cancelled()
         return task.result()
 
