@@ -7,32 +7,52 @@ Every subcommand that reports figures takes `--json` and then prints them as one
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
 import json
 import logging
 import sys
+import textwrap
 import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each dataclass field (the config's documentation), by field name."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for field, after in zip(body, body[1:], strict=False):
+        if (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[field.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
 def _field_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
     """One `--flag` per dataclass field (nested dataclasses get a prefix), with the field's docstring as help."""
     hints = typing.get_type_hints(cls)
+    docs = _field_docs(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         name = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(kind):
             _field_flags(parser, kind, prefix=f"{name}.")
             continue
+        flag = f"--{name.replace('_', '-')}"
+        default = f.default if f.default is not dataclasses.MISSING else "computed"
+        help_text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
         base = typing.get_args(kind)[0] if typing.get_origin(kind) in (typing.Union, type(int | None)) else kind
         if base is bool:
-            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, action=argparse.BooleanOptionalAction,
-                                default=None)
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(base) is typing.Literal:
+            parser.add_argument(flag, dest=name, choices=typing.get_args(base), default=None, help=help_text)
         else:
             convert = base if base in (int, float, str, Path) else str
-            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=convert, default=None,
+            parser.add_argument(flag, dest=name, type=convert, default=None, help=help_text,
                                 metavar=base.__name__.upper() if isinstance(base, type) else "VALUE")
 
 
