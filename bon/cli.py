@@ -101,6 +101,14 @@ def _eval_policy(args: argparse.Namespace) -> None:
     _emit(args, report, _summary)
 
 
+def _eval_compare(args: argparse.Namespace) -> None:
+    from training.compare import compare
+    from training.compare_config import CompareConfig
+    from training.plots import format_summary
+
+    _emit(args, compare(_build_config(CompareConfig, args)), format_summary)
+
+
 def _build_default(args: argparse.Namespace) -> None:
     from training.build_default import build_default
 
@@ -145,6 +153,14 @@ def _parser() -> argparse.ArgumentParser:
     pol.add_argument("--seed", type=int, default=0)
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=_eval_policy)
+
+    from training.compare_config import CompareConfig
+
+    cmp = ev.add_parser("compare", help="Best-of-N on SFT vs DPO and PPO: gold and proxy reward, KL, win rate, "
+                        "latency and cost through the server; writes report.md, results.json and plots to --out")
+    _field_flags(cmp, CompareConfig)
+    cmp.add_argument("--json", action="store_true", help="print results.json's object on stdout")
+    cmp.set_defaults(func=_eval_compare)
 
     bd = sub.add_parser("build-default", help="build the embedded default checkpoints that are missing")
     bd.add_argument("--with-tuned", action="store_true", help="also DPO and PPO")

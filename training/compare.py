@@ -1,0 +1,502 @@
+"""`bon eval compare`: Best-of-N on the SFT policy against the DPO and PPO policies, on the same held-out prompts.
+
+Each policy answers every prompt many times at temperature 1, once; the reward model (proxy) and the gold
+judge score every answer. Best-of-N for every N then comes from those samples by order statistics, not from
+fresh draws (the method, with its citations, is in docs/compare.md):
+
+- gold and proxy reward: the unbiased estimator of E[score of the RM-argmax of N draws] from n ≥ N draws
+  (a U-statistic over N-subsets; Nakano et al. 2021, WebGPT, appendix; Gao et al. 2022, §2);
+- KL to SFT: the analytic bound log N − (N−1)/N (Stiennon et al. 2020), an upper bound (Beirami et al. 2024),
+  beside a plug-in estimate: the exact KL of Best-of-N over the empirical distribution of the n answers,
+  identical answers pooled. DPO and PPO: Monte Carlo, Σ_t log π_θ − log π_sft over the answer tokens;
+- win rate against SFT by the gold judge, ties counted half;
+- latency and device-seconds per answer, measured through `bon serve` with the load tool's library.
+
+From those: the Pareto frontier of gold reward against cost, the break-even of each tuned policy's training
+cost, the overoptimisation verdict (Gao et al. 2022), and a markdown report with plots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from models.chat import prompt_ids, user
+from models.checkpoint import read_manifest, verify, write_json_atomic
+from models.sampling import SamplingParams, sample
+from training import world
+from training.common import mean_ci95
+from training.compare_config import CompareConfig
+from training.evaluate import load_policy
+from training.rm import score_texts
+
+log = logging.getLogger(__name__)
+
+TUNED = ("dpo", "ppo")
+ROWS_PER_BATCH = 1024
+"""Sampled rows (prompts × answers) decoded together."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Best-of-N from n samples: order statistics
+
+
+def bon_weights(n: int, best_of: int) -> np.ndarray:
+    """P(the i-th lowest of n answers by RM is the RM-argmax of a uniformly random N-subset), i = 0..n−1.
+
+    C(i, N−1) / C(n, N): the subset holds answer i and N−1 of the i answers below it. The weighted mean of any
+    per-answer value is an unbiased estimate of that value's mean under Best-of-N (WebGPT, appendix).
+    """
+    if not 1 <= best_of <= n:
+        raise ValueError(f"best_of {best_of} needs 1..{n} samples")
+    total = math.comb(n, best_of)
+    return np.array([math.comb(i, best_of - 1) / total for i in range(n)])
+
+
+def bon_mean(rm: np.ndarray, values: np.ndarray, best_of: int) -> np.ndarray:
+    """Per prompt, E[value of the RM-argmax of N fresh answers] from the n answers it has: (P, n) -> (P,).
+
+    Ties in RM are broken by sample order (a stable sort), as argmax breaks them by index.
+    """
+    order = np.argsort(rm, axis=1, kind="stable")
+    return np.take_along_axis(values, order, axis=1) @ bon_weights(rm.shape[1], best_of)  # (P,)
+
+
+def kl_bound(best_of: int) -> float:
+    """The analytic KL(BoN_N ‖ π) = log N − (N−1)/N: exact only when no two answers share an outcome, else an
+    upper bound (Stiennon et al. 2020, appendix; Beirami et al. 2024, Thm 3.1)."""
+    return math.log(best_of) - (best_of - 1) / best_of
+
+
+def bon_kl_plugin(rm: Sequence[float], texts: Sequence[str], best_of: int) -> float:
+    """KL(BoN_N(p̂) ‖ p̂) for the empirical distribution p̂ of one prompt's answers, identical texts pooled.
+
+    Best-of-N of an outcome y is F(y)^N − F⁻(y)^N, with F the CDF by RM score and F⁻ its strict version
+    (Beirami et al. 2024, Lemma 1). At most log(#distinct answers); 0 at N = 1.
+    """
+    if best_of == 1:  # Best-of-1 is the policy itself (saves a rounding residue of ~1e-17)
+        return 0.0
+    groups: dict[str, list[float]] = {}
+    for r, t in zip(rm, texts, strict=True):
+        groups.setdefault(t, []).append(float(r))
+    counts = np.array([len(g) for g in sorted(groups.values(), key=lambda g: float(np.mean(g)))], dtype=np.float64)
+    p = counts / counts.sum()
+    upper = np.cumsum(counts) / counts.sum()
+    selected = upper**best_of - (upper - p).clip(min=0) ** best_of
+    keep = selected > 0
+    return float(np.sum(selected[keep] * np.log(selected[keep] / p[keep])))
+
+
+def _prefer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1 where a beats b, ½ on ties, 0 otherwise: (n,), (m,) -> (n, m)."""
+    return (a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])
+
+
+def bon_win_rate_within(rm: np.ndarray, gold: np.ndarray, best_of: int) -> float:
+    """P(gold of Best-of-N > gold of an independent answer) from one prompt's n > N answers of one policy.
+
+    A U-statistic over (N-subset S, reference j ∉ S): answer a is the argmax of S with j outside it in
+    C(#below a, N−1) of the C(n, N)·(n−N) pairs, where #below a leaves j out when j is below a.
+    """
+    n = len(rm)
+    if best_of >= n:
+        raise ValueError(f"a win rate at best_of {best_of} needs more than {best_of} samples")
+    order = np.argsort(rm, kind="stable")
+    g = gold[order]
+    total = math.comb(n, best_of) * (n - best_of)
+    keep = np.array([math.comb(a, best_of - 1) / total for a in range(n)])  # reference above a
+    skip = np.array([math.comb(max(a - 1, 0), best_of - 1) / total for a in range(n)])  # reference below a
+    weights = np.where(np.tri(n, k=-1, dtype=bool), skip[:, None], keep[:, None])  # (n, n) row a, column j
+    np.fill_diagonal(weights, 0.0)
+    return float((weights * _prefer(g, g)).sum())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sampling and scoring
+
+
+@dataclass
+class Pool:
+    """One policy's answers to the held-out prompts, scored; arrays are (prompts, answers per prompt)."""
+
+    name: str
+    texts: list[list[str]]
+    tokens: np.ndarray
+    """Tokens generated per answer (its end-of-turn token included when it stopped)."""
+    rm: np.ndarray
+    gold: np.ndarray
+    log_ratio: np.ndarray | None = None
+    """Σ_t log π − log π_sft over the answer's tokens (tuned policies): a one-sample KL estimate."""
+
+
+def load_reward_model(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A verified reward checkpoint, in eval mode on the CPU."""
+    verify(path, kind="reward")
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True,
+                                                               trust_remote_code=False)
+    return model.eval(), AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+
+
+def sample_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], k: int,
+                   cfg: CompareConfig, seed: int, desc: str) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """Prompt ids, and `k` answers' ids per prompt (end-of-turn appended when sampled); deterministic given seed."""
+    generator = torch.Generator().manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    heads = [prompt_ids(tokenizer, user(p)) for p in prompts]
+    answers: list[list[list[int]]] = []
+    step = max(1, ROWS_PER_BATCH // k)
+    for i in tqdm(range(0, len(heads), step), desc=desc, unit="batch", dynamic_ncols=True):
+        groups = sample(model, heads[i : i + step], k, SamplingParams(cfg.max_new_tokens, cfg.temperature),
+                        stop_ids={eos}, pad_id=tokenizer.pad_token_id, generator=generator)
+        answers.extend([s.token_ids + ([eos] if s.finish_reason == "stop" else []) for s in g] for g in groups)
+    return heads, answers
+
+
+def log_ratios(policy: PreTrainedModel, reference: PreTrainedModel, heads: Sequence[list[int]],
+               answers: Sequence[Sequence[list[int]]], pad_id: int, batch: int = 32) -> np.ndarray:
+    """Σ_t log π − log π_ref over each answer's tokens: (prompts, answers)."""
+    from training.dpo import sequence_logps  # the DPO trainer's summed answer log-probs
+
+    seqs = [h + a for h, group in zip(heads, answers, strict=True) for a in group]
+    starts = [len(h) for h, group in zip(heads, answers, strict=True) for _ in group]
+    out: list[float] = []
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch):
+            mine, ref = (sequence_logps(m, seqs[i : i + batch], starts[i : i + batch], pad_id)[0]
+                         for m in (policy, reference))
+            out.extend((mine - ref).tolist())
+    return np.array(out).reshape(len(heads), -1)
+
+
+def build_pool(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+               k: int, cfg: CompareConfig, seed: int, reward: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+               reference: PreTrainedModel | None = None) -> Pool:
+    heads, answers = sample_answers(model, tokenizer, prompts, k, cfg, seed, f"sampling {name} ({k} per prompt)")
+    texts = [[tokenizer.decode(a, skip_special_tokens=True).strip() for a in group] for group in answers]
+    flat = [(p, t) for p, group in zip(prompts, texts, strict=True) for t in group]
+    log.info("%s: scoring %d answers with the reward model and the gold judge", name, len(flat))
+    rm = np.array(score_texts(*reward, flat)).reshape(len(prompts), k)
+    gold = np.array([world.score(p, t) for p, t in flat]).reshape(len(prompts), k)
+    tokens = np.array([[len(a) for a in group] for group in answers], dtype=np.float64)
+    ratio = None
+    if reference is not None:
+        ratio = log_ratios(model, reference, heads, answers, tokenizer.pad_token_id)
+    return Pool(name, texts, tokens, rm, gold, ratio)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figures per method
+
+
+def _label(policy: str, best_of: int) -> str:
+    if policy == "sft":
+        return f"SFT BoN-{best_of}"
+    return policy.upper() if best_of == 1 else f"{policy.upper()} + BoN-{best_of}"
+
+
+def method_row(pool: Pool, best_of: int, sft: Pool) -> dict[str, Any]:
+    """Gold and proxy reward, KL to SFT, win rate against SFT and offline token cost of Best-of-N on `pool`."""
+    gold, gold_ci = mean_ci95(bon_mean(pool.rm, pool.gold, best_of).tolist())
+    proxy, proxy_ci = mean_ci95(bon_mean(pool.rm, pool.rm, best_of).tolist())
+    selection_kl = np.array([bon_kl_plugin(r, t, best_of) for r, t in zip(pool.rm, pool.texts, strict=True)])
+    if pool.log_ratio is None:  # Best-of-N on SFT itself
+        drift = np.zeros(len(selection_kl))
+        wins = [bon_win_rate_within(r, g, best_of) for r, g in zip(pool.rm, pool.gold, strict=True)]
+    else:  # KL(BoN(π)‖π_sft) = KL(BoN(π)‖π) + E_BoN(π)[log π − log π_sft]
+        drift = bon_mean(pool.rm, pool.log_ratio, best_of)
+        beats = np.stack([_prefer(g, s).mean(axis=1) for g, s in zip(pool.gold, sft.gold, strict=True)])
+        wins = bon_mean(pool.rm, beats, best_of).tolist()
+    kl, kl_ci = mean_ci95((selection_kl + drift).tolist())
+    win, win_ci = mean_ci95(wins)
+    return {
+        "label": _label(pool.name, best_of), "policy": pool.name, "best_of": best_of,
+        "gold_reward_mean": gold, "gold_reward_ci95": gold_ci, "rm_reward_mean": proxy, "rm_reward_ci95": proxy_ci,
+        "kl_estimate": kl, "kl_estimate_ci95": kl_ci, "kl_bound": kl_bound(best_of) + float(drift.mean()),
+        "kl_method": "monte-carlo" if pool.log_ratio is not None and best_of == 1 else "bon-plugin",
+        "win_rate_vs_sft": win, "win_rate_vs_sft_ci95": win_ci,
+        "tokens_per_answer": best_of * float(pool.tokens.mean()),
+        "samples_per_prompt": pool.rm.shape[1], "prompts": pool.rm.shape[0],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Latency and cost through the server
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(policies: dict[str, Path], reward: Path, cfg: CompareConfig, max_best_of: int) -> Iterator[str]:
+    """`bon serve` on a free port with every policy and the reward model; yields its base URL once ready."""
+    import httpx
+
+    port = _free_port()
+    command = [sys.executable, "-m", "bon.cli", "serve", "--port", str(port), "--reward", str(reward),
+               "--device", cfg.device, "--max-best-of", str(max_best_of), "--default-best-of", "1",
+               "--max-tokens", str(max(cfg.max_new_tokens, 1)), "--default-max-tokens", str(cfg.max_new_tokens),
+               "--log-level", "warning"]
+    for name, path in policies.items():
+        command += ["--policy", f"{name}={path}"]
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as server_log:
+        process = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT,
+                                   env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
+
+        def failure(why: str) -> RuntimeError:
+            server_log.seek(0)
+            return RuntimeError(f"bon serve {why}:\n{server_log.read().decode(errors='replace')[-4000:]}")
+
+        try:
+            deadline = time.monotonic() + cfg.server_timeout
+            while True:
+                if process.poll() is not None:
+                    raise failure(f"exited with status {process.returncode}")
+                try:
+                    if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise failure(f"was not ready within {cfg.server_timeout:.0f} s")
+                time.sleep(0.2)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def _warm_then_measure(load: Any, point: Any) -> Any:
+    """One unmeasured request first, so one-off costs of a new (policy, N) stay out of the figures."""
+    from loadtest.runner import run_sweep
+
+    await run_sweep(replace(load, requests=1), [point], show_progress=False)
+    return (await run_sweep(load, [point], show_progress=False))[0]
+
+
+def measure_server(policies: dict[str, Path], reward: Path, prompts: Sequence[str], cfg: CompareConfig,
+                   points: Sequence[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """p50/p95 latency and device-seconds per answer at each (policy, best_of), closed loop at concurrency 1."""
+    from loadtest.runner import LoadConfig, Point
+    from loadtest.stats import summarize
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    with running_server(policies, reward, cfg, max(n for _, n in points)) as url:
+        for name, best_of in tqdm(points, desc="measuring through bon serve", unit="point", dynamic_ncols=True):
+            load = LoadConfig(url=url + "/v1/chat/completions", model=name, prompts=[user(p) for p in prompts],
+                              stream=False, max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                              requests=cfg.requests, duration=cfg.requests * cfg.server_timeout,
+                              timeout=cfg.server_timeout, seed=cfg.seed)
+            result = asyncio.run(_warm_then_measure(load, Point(best_of=best_of)))
+            s = summarize(result.records, result.wall, slo=cfg.server_timeout)
+            if s["errors"]:
+                log.warning("%s best_of=%d: %d of %d requests failed: %s", name, best_of, s["errors"], s["sent"],
+                            s["errors_by_status"])
+            out[(name, best_of)] = {
+                "latency_p50_s": s["latency_s_p50"], "latency_p95_s": s["latency_s_p95"],
+                "device_seconds_per_answer": s["device_seconds_per_answer"],
+                "device_seconds_source": s["device_seconds_source"],
+                "server_generated_tokens_per_answer": s["generated_tokens_per_answer"],
+                "server_requests": s["sent"], "server_errors": s["errors"]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Frontier, break-even, overoptimisation
+
+
+def pareto_frontier(rows: Sequence[dict[str, Any]], cost_key: str) -> list[str]:
+    """Labels of the points no other point beats on both gold reward (higher) and cost (lower), cheapest first."""
+    usable = sorted((r for r in rows if r.get(cost_key) is not None),
+                    key=lambda r: (r[cost_key], -r["gold_reward_mean"]))
+    frontier, best = [], -math.inf
+    for r in usable:
+        if r["gold_reward_mean"] > best:
+            frontier.append(r["label"])
+            best = r["gold_reward_mean"]
+    return frontier
+
+
+def training_cost(path: Path) -> dict[str, Any]:
+    """Training device-seconds from the manifest: the trainer's wall time × its processes."""
+    manifest = read_manifest(path)
+    wall = manifest.figures.get("train_seconds_this_run")
+    processes = int(manifest.hyperparameters.get("world_size", 1))
+    history = path / "training_history.json"
+    steps = len(json.loads(history.read_text())) if history.is_file() else None
+    return {"device_seconds": None if wall is None else float(wall) * processes, "wall_seconds": wall,
+            "processes": processes, "history_records": steps,
+            "source": "manifest figures.train_seconds_this_run × hyperparameters.world_size" if wall is not None
+            else f"unknown: the manifest has no train_seconds_this_run ({steps} records in training_history.json)"}
+
+
+def break_even(tuned: dict[str, Any], bon: Sequence[dict[str, Any]], train_seconds: float | None,
+               cost_key: str = "device_seconds_per_answer") -> dict[str, Any]:
+    """After how many answers the tuned policy's training cost is repaid by serving it at N=1 instead of Best-of-N
+    on SFT at equal gold reward: the cheapest N whose gold reaches the tuned policy's (interpolated on log N
+    between the measured N around it; its cost linearly in N)."""
+    name, target = tuned["label"], tuned["gold_reward_mean"]
+    bon = sorted(bon, key=lambda r: r["best_of"])
+    top = bon[-1]["best_of"]
+    out: dict[str, Any] = {"policy": tuned["policy"], "gold_reward": target, "train_device_seconds": train_seconds}
+    hit = next((k for k, r in enumerate(bon) if r["gold_reward_mean"] >= target), None)
+    if hit is None:
+        return out | {"equal_gold_best_of": None, "answers": 0, "text": (
+            f"BoN never reaches it within N ≤ {top}: {name} dominates (break-even after 0 answers).")}
+    hi = bon[hit]
+    if hit == 0 and hi["best_of"] == 1:
+        return out | {"equal_gold_best_of": 1.0, "answers": None, "text": (
+            f"Never repaid: the SFT policy alone (N=1) already matches {name}'s gold reward.")}
+    n_equal, bon_cost = float(hi["best_of"]), hi.get(cost_key)
+    if hit > 0:
+        lo = bon[hit - 1]
+        t = (target - lo["gold_reward_mean"]) / (hi["gold_reward_mean"] - lo["gold_reward_mean"])
+        n_equal = math.exp(math.log(lo["best_of"]) + t * (math.log(hi["best_of"]) - math.log(lo["best_of"])))
+        bon_cost = None
+        if lo.get(cost_key) is not None and hi.get(cost_key) is not None:
+            share = (n_equal - lo["best_of"]) / (hi["best_of"] - lo["best_of"])
+            bon_cost = lo[cost_key] + share * (hi[cost_key] - lo[cost_key])
+    out |= {"equal_gold_best_of": n_equal, "bon_cost_per_answer": bon_cost,
+            "tuned_cost_per_answer": tuned.get(cost_key)}
+    if bon_cost is None or tuned.get(cost_key) is None:
+        return out | {"answers": None, "text": f"SFT BoN-{n_equal:.1f} matches {name}'s gold reward; no measured "
+                                               "cost per answer (--no-server), so no break-even."}
+    saving = bon_cost - tuned[cost_key]
+    out["saving_per_answer"] = saving
+    if saving <= 0:
+        return out | {"answers": None, "text": (
+            f"Never repaid: SFT BoN-{n_equal:.1f} matches {name}'s gold reward at no higher cost per answer.")}
+    if train_seconds is None:
+        return out | {"answers": None, "text": f"SFT BoN-{n_equal:.1f} matches {name}'s gold reward and costs "
+                                               f"{saving:.4g} device-s more per answer; training cost unknown."}
+    answers = train_seconds / saving
+    return out | {"answers": answers, "text": (
+        f"SFT BoN-{n_equal:.1f} matches {name}'s gold reward at {saving:.4g} device-s more per answer: "
+        f"{name}'s {train_seconds:.0f} device-s of training are repaid after {answers:,.0f} answers.")}
+
+
+def overoptimisation(rows: Sequence[dict[str, Any]], sft: Pool) -> dict[str, Any]:
+    """Gold and proxy gains of Best-of-N on SFT over N=1, in standard deviations of the SFT answers' scores."""
+    rows = sorted(rows, key=lambda r: r["best_of"])
+    sd_gold, sd_rm = float(sft.gold.std()) or 1.0, float(sft.rm.std()) or 1.0
+    gold = [(r["gold_reward_mean"] - rows[0]["gold_reward_mean"]) / sd_gold for r in rows]
+    proxy = [(r["rm_reward_mean"] - rows[0]["rm_reward_mean"]) / sd_rm for r in rows]
+    ns = [r["best_of"] for r in rows]
+    peak = int(np.argmax(gold))
+    last = rows[-1]
+    if len(rows) < 2 or proxy[-1] <= proxy[max(0, len(rows) - 2)]:
+        verdict = "the proxy does not keep rising with N"
+    elif peak < len(rows) - 1 and last["gold_reward_mean"] < rows[peak]["gold_reward_mean"] - rows[peak][
+            "gold_reward_ci95"]:
+        verdict = f"gold falls after N={ns[peak]} while the proxy keeps rising: overoptimisation"
+    elif gold[-1] - gold[-2] < 0.25 * (proxy[-1] - proxy[-2]):
+        verdict = f"gold flattens while the proxy keeps rising (last doubling: gold +{gold[-1] - gold[-2]:.2f} σ, " \
+                  f"proxy +{proxy[-1] - proxy[-2]:.2f} σ)"
+    else:
+        verdict = f"gold keeps rising with the proxy up to N={ns[-1]}: no overoptimisation in this range"
+    return {"best_of": ns, "gold_gain_sd": gold, "proxy_gain_sd": proxy, "gold_sd": sd_gold, "proxy_sd": sd_rm,
+            "gold_peak_best_of": ns[peak], "verdict": verdict}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run
+
+
+def _tuned_paths(cfg: CompareConfig) -> dict[str, Path]:
+    named = {"dpo": cfg.dpo, "ppo": cfg.ppo}
+    out = {}
+    for name, path in named.items():
+        if path is None:
+            default = cfg.sft.parent / name
+            if not default.is_dir():
+                log.warning("no %s checkpoint at %s: left out of the comparison", name, default)
+                continue
+            path = default
+        out[name] = Path(path)
+    return out
+
+
+def compare(cfg: CompareConfig) -> dict[str, Any]:
+    """Run the whole comparison and write report.md, results.json and the plots into `cfg.out`."""
+    from training.plots import write_plots, write_report
+
+    started = time.time()
+    tuned_paths = _tuned_paths(cfg)
+    missing = [str(p) for p in (cfg.sft, cfg.rm, *tuned_paths.values()) if not p.is_dir()]
+    if missing:
+        raise SystemExit("bon eval compare: checkpoints not found: " + ", ".join(missing) + " (build them with "
+                         "`bon build-default --with-tuned`, or name them with --sft/--rm/--dpo/--ppo)")
+    prompts = [p.text for p in world.prompts(cfg.split, cfg.prompts, cfg.seed)]
+    reward = load_reward_model(cfg.rm)
+    sft_model, tokenizer = load_policy(cfg.sft)
+    pools = {"sft": build_pool("sft", sft_model, tokenizer, prompts, cfg.sft_samples, cfg, cfg.seed, reward)}
+    for i, (name, path) in enumerate(tuned_paths.items(), start=1):
+        model, tuned_tokenizer = load_policy(path)
+        if tuned_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise SystemExit(f"bon eval compare: {path} has another tokenizer than the SFT policy; the KL to SFT "
+                             "needs the same one")
+        pools[name] = build_pool(name, model, tokenizer, prompts, cfg.tuned_samples, cfg, cfg.seed + i, reward,
+                                 reference=sft_model)
+    rows = [method_row(pools["sft"], n, pools["sft"]) for n in cfg.best_of]
+    rows += [method_row(pools[name], n, pools["sft"]) for name in tuned_paths for n in cfg.tuned_best_of]
+
+    server: dict[str, Any] = {"measured": False, "reason": "skipped (--no-server)"}
+    if cfg.server:
+        points = [(r["policy"], r["best_of"]) for r in rows]
+        measured = measure_server({"sft": cfg.sft, **tuned_paths}, cfg.rm, prompts, cfg, points)
+        for r in rows:
+            r.update(measured[(r["policy"], r["best_of"])])
+        server = {"measured": True, "requests_per_point": cfg.requests, "concurrency": 1, "device": cfg.device,
+                  "cpu_count": os.cpu_count(), "stream": False,
+                  "cost": "device-seconds per answer = the server's bon.timings sample_seconds + score_seconds"}
+    cost_key = "device_seconds_per_answer" if server["measured"] else "tokens_per_answer"
+    costs = {name: training_cost(path) for name, path in tuned_paths.items()}
+    sft_rows = [r for r in rows if r["policy"] == "sft"]
+    results: dict[str, Any] = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "checkpoints": {name: {"path": str(path), "version": read_manifest(path).version}
+                        for name, path in {"sft": cfg.sft, "rm": cfg.rm, **tuned_paths}.items()},
+        "prompts": {"split": cfg.split, "count": len(prompts), "seed": cfg.seed, "examples": prompts[:3]},
+        "methods": rows,
+        "server": server,
+        "pareto": {"cost": cost_key, "frontier": pareto_frontier(rows, cost_key)},
+        "training_cost": costs,
+        "break_even": {name: break_even(next(r for r in rows if r["policy"] == name and r["best_of"] == 1), sft_rows,
+                                        costs[name]["device_seconds"])
+                       for name in tuned_paths if 1 in cfg.tuned_best_of},
+        "overoptimisation": overoptimisation(sft_rows, pools["sft"]),
+        "seconds": round(time.time() - started, 1),
+    }
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    results["files"] = ["report.md", "results.json", *(p.name for p in write_plots(results, cfg.out))]
+    write_report(results, cfg.out / "report.md")
+    write_json_atomic(cfg.out / "results.json", results)
+    results["out"] = str(cfg.out)
+    return results

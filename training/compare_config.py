@@ -1,0 +1,75 @@
+"""Settings of `bon eval compare`: Best-of-N on the SFT policy against the DPO and PPO policies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from models.checkpoint import checkpoint_root
+
+
+def _ints(value: object) -> tuple[int, ...]:
+    """A tuple of positive ints from a tuple or from the CLI's "1,2,4" string."""
+    items = value.split(",") if isinstance(value, str) else value
+    out = tuple(sorted({int(v) for v in items if str(v).strip()}))  # type: ignore[union-attr]
+    if not out or out[0] < 1:
+        raise ValueError(f"expected positive integers, got {value!r}")
+    return out
+
+
+@dataclass
+class CompareConfig:
+    out: Path = Path("runs/compare")
+    """Directory to write report.md, results.json and the PNG plots into (e.g. docs/compare)."""
+    sft: Path = field(default_factory=lambda: checkpoint_root() / "sft")
+    """SFT policy: Best-of-N samples from it, and it is the reference of every KL and win rate."""
+    rm: Path = field(default_factory=lambda: checkpoint_root() / "rm")
+    """Reward model that selects (the proxy reward)."""
+    dpo: Path | None = None
+    """DPO policy; `<checkpoints>/dpo` when present, else left out of the comparison."""
+    ppo: Path | None = None
+    """PPO policy; `<checkpoints>/ppo` when present, else left out of the comparison."""
+    prompts: int = 200
+    """Held-out prompts; every method answers the same ones."""
+    split: Literal["validation", "test"] = "test"
+    """World split the prompts come from (never the training split)."""
+    sft_samples: int = 65
+    """SFT answers per prompt: Best-of-N for every N is estimated from them (order statistics), and N up to 64
+    leaves one more answer outside the N to play the independent SFT answer of the win rate."""
+    tuned_samples: int = 16
+    """DPO/PPO answers per prompt: N=1 figures, and Best-of-N on top of them."""
+    best_of: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    """N of Best-of-N on the SFT policy (comma-separated on the command line)."""
+    tuned_best_of: tuple[int, ...] = (1, 4, 16)
+    """N of Best-of-N on top of DPO and PPO (1 is the tuned policy alone)."""
+    max_new_tokens: int = 96
+    """Answer length cap, offline and through the server alike."""
+    temperature: float = 1.0
+    """Sampling temperature of every policy (1 samples the policy itself, as the KL figures assume)."""
+    seed: int = 0
+    """Prompts and sampling."""
+    server: bool = True
+    """Measure latency and cost through `bon serve` (started here on a free port); --no-server skips it."""
+    requests: int = 20
+    """Requests per measured point (policy × best_of), one at a time (concurrency 1)."""
+    device: str = "cpu"
+    """Device of the measured server's models: cpu, cuda, cuda:1 or auto."""
+    server_timeout: float = 600.0
+    """Seconds to wait for the server to load and warm up, and for one request."""
+
+    def __post_init__(self) -> None:
+        self.out, self.sft, self.rm = Path(self.out), Path(self.sft), Path(self.rm)
+        self.best_of, self.tuned_best_of = _ints(self.best_of), _ints(self.tuned_best_of)
+        if self.prompts < 2:
+            raise ValueError("prompts must be at least 2 (a confidence interval needs two)")
+        if self.best_of[-1] >= self.sft_samples:
+            raise ValueError(f"sft_samples ({self.sft_samples}) must exceed the largest best_of "
+                             f"({self.best_of[-1]}): one answer outside the N plays the SFT answer of the win rate")
+        if self.tuned_best_of[-1] > self.tuned_samples:
+            raise ValueError(f"tuned_samples ({self.tuned_samples}) must be at least the largest tuned_best_of "
+                             f"({self.tuned_best_of[-1]})")
+        if self.max_new_tokens < 1 or self.temperature <= 0:
+            raise ValueError("max_new_tokens must be positive and temperature above 0")
+        if self.requests < 1 or self.server_timeout <= 0:
+            raise ValueError("requests and server_timeout must be positive")

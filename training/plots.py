@@ -1,0 +1,214 @@
+"""What `bon eval compare` leaves behind besides results.json: its plots (matplotlib, Agg) and report.md."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+COLORS = {"sft": "tab:blue", "dpo": "tab:orange", "ppo": "tab:green"}
+COST_LABELS = {"device_seconds_per_answer": "device-seconds per answer (server)",
+               "tokens_per_answer": "tokens generated per answer (offline; no server measurement)"}
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _by_policy(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["policy"], []).append(r)
+    return {name: sorted(group, key=lambda r: r["best_of"]) for name, group in out.items()}
+
+
+def _name(policy: str) -> str:
+    return "SFT + BoN" if policy == "sft" else f"{policy.upper()} (+ BoN)"
+
+
+def _annotate_n(ax: Any, xs: Sequence[float], ys: Sequence[float], rows: Sequence[dict[str, Any]]) -> None:
+    for x, y, r in zip(xs, ys, rows, strict=True):
+        ax.annotate(f"{r['best_of']}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7, alpha=0.8)
+
+
+def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
+    """reward_vs_kl.png, overoptimisation.png, gold_vs_cost.png and, with server figures, gold_vs_latency.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: list[Path] = []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        _atomic(out / name, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        plt.close(fig)
+        paths.append(out / name)
+
+    groups = _by_policy(results["methods"])
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    panels = ((axes[0], "gold_reward_mean", "Gold reward"), (axes[1], "rm_reward_mean", "Proxy (RM) reward"))
+    for ax, key, title in panels:
+        for policy, rows in groups.items():
+            xs, ys = [r["kl_estimate"] for r in rows], [r[key] for r in rows]
+            ax.errorbar(xs, ys, xerr=[r["kl_estimate_ci95"] for r in rows],
+                        yerr=[r[key.replace("mean", "ci95")] for r in rows], fmt="o-", color=COLORS.get(policy),
+                        capsize=2, label=f"{_name(policy)}: estimate")
+            ax.plot([r["kl_bound"] for r in rows], ys, ":", color=COLORS.get(policy), alpha=0.6,
+                    label=f"{_name(policy)}: analytic bound")
+            _annotate_n(ax, xs, ys, rows)
+        ax.set(xlabel="KL to SFT (nats per answer)", ylabel=title.lower(), title=f"{title} vs KL (labels: N)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="x-small")
+    save(fig, "reward_vs_kl.png")
+
+    over = results["overoptimisation"]
+    base = next(r for r in groups["sft"] if r["best_of"] == min(over["best_of"]))
+    fig, ax = plt.subplots(figsize=(6.8, 4.3))
+    for policy, rows in groups.items():
+        ns = [r["best_of"] for r in rows]
+        gold = [(r["gold_reward_mean"] - base["gold_reward_mean"]) / over["gold_sd"] for r in rows]
+        proxy = [(r["rm_reward_mean"] - base["rm_reward_mean"]) / over["proxy_sd"] for r in rows]
+        ax.plot(ns, gold, "o-", color=COLORS.get(policy), label=f"{_name(policy)}: gold")
+        ax.plot(ns, proxy, "s--", color=COLORS.get(policy), alpha=0.7, label=f"{_name(policy)}: proxy (RM)")
+    all_ns = sorted({r["best_of"] for r in results["methods"]})
+    if len(all_ns) > 1:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(all_ns, [str(n) for n in all_ns])
+        ax.minorticks_off()
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xlabel="N (Best-of-N)", ylabel="gain over SFT N=1 (SFT answers' std devs)",
+           title="Overoptimisation: gold vs proxy reward as N grows")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    save(fig, "overoptimisation.png")
+
+    cost_key = results["pareto"]["cost"]
+    frontier = set(results["pareto"]["frontier"])
+    fig, ax = plt.subplots(figsize=(6.8, 4.3))
+    for policy, rows in groups.items():
+        xs, ys = [r[cost_key] for r in rows], [r["gold_reward_mean"] for r in rows]
+        ax.errorbar(xs, ys, yerr=[r["gold_reward_ci95"] for r in rows], fmt="o-", color=COLORS.get(policy),
+                    capsize=2, label=_name(policy))
+        _annotate_n(ax, xs, ys, rows)
+    front = sorted((r for r in results["methods"] if r["label"] in frontier), key=lambda r: r[cost_key])
+    ax.step([r[cost_key] for r in front], [r["gold_reward_mean"] for r in front], where="post", color="black",
+            lw=1.2, alpha=0.7, label="Pareto frontier")
+    ax.set_xscale("log")
+    ax.set(xlabel=COST_LABELS[cost_key], ylabel="gold reward", title="Gold reward vs cost (labels: N)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    save(fig, "gold_vs_cost.png")
+
+    if results["server"]["measured"]:
+        fig, ax = plt.subplots(figsize=(6.8, 4.3))
+        for policy, rows in groups.items():
+            xs, ys = [r["latency_p50_s"] for r in rows], [r["gold_reward_mean"] for r in rows]
+            ax.errorbar(xs, ys, yerr=[r["gold_reward_ci95"] for r in rows], fmt="o-", color=COLORS.get(policy),
+                        capsize=2, label=f"{_name(policy)}: p50")
+            ax.plot([r["latency_p95_s"] for r in rows], ys, "x", color=COLORS.get(policy), alpha=0.6,
+                    label=f"{_name(policy)}: p95")
+            _annotate_n(ax, xs, ys, rows)
+        ax.set_xscale("log")
+        ax.set(xlabel="latency per answer (s, concurrency 1)", ylabel="gold reward",
+               title="Gold reward vs latency (labels: N)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+        save(fig, "gold_vs_latency.png")
+    return paths
+
+
+def _f(value: Any, spec: str = ".3f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _kl_cell(r: dict[str, Any]) -> str:
+    if r["kl_method"] == "monte-carlo":
+        return f"{r['kl_estimate']:.2f} ± {r['kl_estimate_ci95']:.2f} (measured)"
+    return f"{r['kl_estimate']:.2f} ± {r['kl_estimate_ci95']:.2f} (bound {r['kl_bound']:.2f})"
+
+
+def _table(results: dict[str, Any]) -> list[str]:
+    lines = ["| method | N | gold reward ± 95% CI | proxy (RM) | KL to SFT (nats) | win rate vs SFT | "
+             "latency p50 / p95 (s) | device-s / answer | tokens / answer |",
+             "| --- | ---: | --- | ---: | --- | --- | --- | ---: | ---: |"]
+    frontier = set(results["pareto"]["frontier"])
+    for r in results["methods"]:
+        mark = " ◆" if r["label"] in frontier else ""
+        lines.append(
+            f"| {r['label']}{mark} | {r['best_of']} | {r['gold_reward_mean']:.3f} ± {r['gold_reward_ci95']:.3f} | "
+            f"{r['rm_reward_mean']:.3f} | {_kl_cell(r)} | {r['win_rate_vs_sft']:.3f} ± "
+            f"{r['win_rate_vs_sft_ci95']:.3f} | {_f(r.get('latency_p50_s'))} / {_f(r.get('latency_p95_s'))} | "
+            f"{_f(r.get('device_seconds_per_answer'), '.4f')} | {r['tokens_per_answer']:.1f} |")
+    return lines
+
+
+def write_report(results: dict[str, Any], path: Path) -> None:
+    """The markdown report: setup, the table, the plots, the frontier, the break-even and the overoptimisation."""
+    cfg, server, over = results["config"], results["server"], results["overoptimisation"]
+    versions = ", ".join(f"{name} `{c['version']}`" for name, c in results["checkpoints"].items())
+    tuned = [name for name in results["checkpoints"] if name not in ("sft", "rm")]
+    lines = [
+        "# Best-of-N on the SFT policy vs DPO and PPO",
+        "",
+        f"{results['prompts']['count']} held-out prompts ({results['prompts']['split']} split, seed {cfg['seed']}), "
+        f"the same for every method. The SFT policy answered each {cfg['sft_samples']} times"
+        + (f", {' and '.join(t.upper() for t in tuned)} {cfg['tuned_samples']} times" if tuned else "")
+        + f" (temperature {cfg['temperature']}, at most {cfg['max_new_tokens']} tokens). The reward model scores "
+        "every answer (proxy); the gold judge plays the annotator. Best-of-N for every N is estimated from these "
+        "answers by order statistics; the method is in `docs/compare.md` of the bon repository.",
+        "",
+        f"Checkpoints: {versions}.",
+        "",
+    ]
+    if server["measured"]:
+        lines += [f"Latency and cost: {server['requests_per_point']} requests per row through `bon serve` "
+                  f"(device `{server['device']}`, {server['cpu_count']} CPU cores visible), one at a time; "
+                  f"{server['cost']}.", ""]
+    else:
+        lines += [f"Latency and cost: not measured ({server['reason']}); cost is tokens generated per answer.", ""]
+    lines += _table(results)
+    lines += ["", "◆ on the Pareto frontier of gold reward against cost. KL: Best-of-N rows give the plug-in "
+              "estimate ± 95% CI and the analytic bound log N − (N−1)/N (plus, on a tuned policy, its own "
+              "measured drift from SFT); tuned rows at N=1 are Monte Carlo over their samples. Win rate: "
+              "P(gold of the method's answer > gold of an SFT answer), ties half.", ""]
+    lines += ["## Reward vs KL", "", "![gold and proxy reward vs KL](reward_vs_kl.png)", "",
+              "## Overoptimisation: gold vs proxy as N grows", "", "![gold vs proxy reward vs N](overoptimisation.png)",
+              "", f"Best-of-N on SFT: {over['verdict']}. From N={over['best_of'][0]} to N={over['best_of'][-1]} the "
+              f"proxy rises by {over['proxy_gain_sd'][-1]:+.2f} σ and gold by {over['gold_gain_sd'][-1]:+.2f} σ "
+              f"(gold peaks at N={over['gold_peak_best_of']}; σ: the SFT answers' standard deviation of each "
+              f"score, gold {over['gold_sd']:.3f}, proxy {over['proxy_sd']:.3f}).", ""]
+    lines += ["## Gold reward vs cost and latency", "", "![gold reward vs cost](gold_vs_cost.png)", ""]
+    if server["measured"]:
+        lines += ["![gold reward vs latency](gold_vs_latency.png)", ""]
+    lines += [f"Pareto frontier ({COST_LABELS[results['pareto']['cost']]}), cheapest first: "
+              + " → ".join(results["pareto"]["frontier"]) + ".", ""]
+    if results["break_even"]:
+        lines += ["## Break-even of training", "",
+                  "Training cost is the trainer's wall time × its processes, from the checkpoint's manifest "
+                  "(`figures.train_seconds_this_run × hyperparameters.world_size`; a resumed run counts its last "
+                  "leg only), on the machine that trained it. It is repaid by the cost per answer saved by serving "
+                  "the tuned policy at N=1 instead of the cheapest Best-of-N on SFT with equal gold reward "
+                  "(N interpolated on log N).", ""]
+        for name, b in results["break_even"].items():
+            seconds = _f(results["training_cost"][name]["device_seconds"], ".0f")
+            lines.append(f"- **{name.upper()}** (training: {seconds} device-s): {b['text']}")
+        lines.append("")
+    lines += [f"Generated by `bon eval compare` in {results['seconds']:.0f} s; every figure is in results.json.", ""]
+    _atomic(path, lambda tmp: tmp.write_text("\n".join(lines)))
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """What `bon eval compare` prints without --json: the table, the verdicts, where the files went."""
+    lines = _table(results) + ["", f"overoptimisation: {results['overoptimisation']['verdict']}"]
+    lines += [f"break-even {name}: {b['text']}" for name, b in results["break_even"].items()]
+    lines.append(f"wrote {results['out']}: " + ", ".join(results["files"]))
+    return "\n".join(lines)
