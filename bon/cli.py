@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import os
 import sys
 import textwrap
 import typing
@@ -129,6 +130,40 @@ def _serve(args: argparse.Namespace) -> None:
     serve(args)
 
 
+def _checkpoints(args: argparse.Namespace) -> None:
+    """One admin API call against a running server; its error message and exit status 1 when refused."""
+    import httpx
+
+    method, path, body = args.route(args)
+    headers = {"Authorization": f"Bearer {args.admin_key}"} if args.admin_key else {}
+    try:
+        response = httpx.request(method, args.url.rstrip("/") + path, json=body, headers=headers,
+                                 timeout=args.timeout)
+    except httpx.TransportError as exc:
+        raise SystemExit(f"bon checkpoints: cannot reach {args.url}: {exc}") from None
+    data = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code != 200:
+        error = data.get("error", {}) if isinstance(data, dict) else {}
+        raise SystemExit(f"bon checkpoints {args.action}: {response.status_code} {error.get('code') or ''}: "
+                         f"{error.get('message') or response.text}")
+    _emit(args, data, _checkpoints_text)
+
+
+def _checkpoints_text(data: dict[str, Any]) -> str:
+    if data.get("object") == "list":
+        rows = [f"{c['name']:<28} {c['kind'] or '?':<7} {c['method'] or '?':<5} {c['version'] or '-':<16} "
+                f"{c['created_iso'] or '-':<21} {'' if c['valid'] is None else 'ok' if c['valid'] else 'INVALID'}"
+                f"{' ' + json.dumps(c['figures']) if c['figures'] else ''}{' ' + c['error'] if c['error'] else ''}"
+                for c in data["data"]]
+        return "\n".join([f"checkpoints under {data['root']}:", *rows])
+    if data.get("object") == "swap":
+        t = data["timings"]
+        return (f"{data['name']}: {data['previous_version']} -> {data['version']} in {t['total_seconds']:.2f}s "
+                f"(validate {t['validate_seconds']:.2f}s, load {t['load_seconds']:.2f}s, warm-up "
+                f"{t['warmup_seconds']:.2f}s); {data['previous_in_flight']} requests still finishing on the old one")
+    return json.dumps(data, indent=2)
+
+
 def _parser() -> argparse.ArgumentParser:
     from training.registry import TRAINERS
 
@@ -179,6 +214,43 @@ def _parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve Best-of-N over an OpenAI-compatible HTTP API")
     add_serve_arguments(sv)
     sv.set_defaults(func=_serve)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=os.environ.get("BON_URL", "http://127.0.0.1:8000"),
+                        help="the running server ($BON_URL)")
+    common.add_argument("--admin-key", default=os.environ.get("BON_ADMIN_KEY"), help="its admin key ($BON_ADMIN_KEY)")
+    common.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for a load")
+    common.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    ck = sub.add_parser("checkpoints", help="list, load, swap, unload and roll back checkpoints on a running "
+                        "server (its admin API)").add_subparsers(dest="action", required=True)
+    ls = ck.add_parser("list", parents=[common], help="checkpoints under the server's root, with their manifests")
+    ls.add_argument("--verify", action="store_true", help="also check every hash (slow for large checkpoints)")
+    ls.set_defaults(route=lambda a: ("GET", "/admin/checkpoints" + ("?verify=true" if a.verify else ""), None))
+    ck.add_parser("status", parents=[common], help="what is served now, with versions and history") \
+        .set_defaults(route=lambda a: ("GET", "/admin/models", None))
+    load = ck.add_parser("load", parents=[common], help="load CHECKPOINT as policy NAME (new or swapped)")
+    load.add_argument("name")
+    load.add_argument("checkpoint", help="a directory under the server's checkpoint root")
+    load.add_argument("--best-of", type=int, help="the policy's default best_of")
+    load.set_defaults(route=lambda a: ("POST", f"/admin/policies/{a.name}",
+                                       {"checkpoint": a.checkpoint, "best_of": a.best_of}))
+    best = ck.add_parser("best-of", parents=[common], help="set policy NAME's default best_of")
+    best.add_argument("name")
+    best.add_argument("n", type=int)
+    best.set_defaults(route=lambda a: ("PATCH", f"/admin/policies/{a.name}", {"best_of": a.n}))
+    unload = ck.add_parser("unload", parents=[common], help="stop serving policy NAME")
+    unload.add_argument("name")
+    unload.set_defaults(route=lambda a: ("DELETE", f"/admin/policies/{a.name}", None))
+    back = ck.add_parser("rollback", parents=[common], help="serve policy NAME's previous version again")
+    back.add_argument("name")
+    back.set_defaults(route=lambda a: ("POST", f"/admin/policies/{a.name}/rollback", None))
+    reward = ck.add_parser("reward", parents=[common], help="swap the reward model for CHECKPOINT")
+    reward.add_argument("checkpoint", help="a directory under the server's checkpoint root")
+    reward.set_defaults(route=lambda a: ("POST", "/admin/reward", {"checkpoint": a.checkpoint}))
+    ck.add_parser("rollback-reward", parents=[common], help="serve the previous reward model again") \
+        .set_defaults(route=lambda a: ("POST", "/admin/reward/rollback", None))
+    for action in ck.choices.values():
+        action.set_defaults(func=_checkpoints)
     return parser
 
 

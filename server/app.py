@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from server import pipeline
 from server import protocol as p
+from server.admin import install_admin
 from server.errors import APIError, install_error_handlers
 from server.settings import Settings
 from server.state import ServerState
@@ -46,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="bon", summary="Best-of-N serving with reward-model reranking", lifespan=lifespan)
     app.state.bon = state
     install_error_handlers(app)
+    install_admin(app, state)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -85,12 +87,14 @@ def create_app(settings: Settings) -> FastAPI:
         """vLLM's `/classify` (chat form) over the reward model, batched with the Best-of-N scoring."""
         state = _state(request)
         pipeline.authorize(state.settings, request)
-        served = pipeline.require_ready(state)
+        pipeline.require_ready(state)
         req = pipeline.parse(p.ClassifyRequest, await pipeline.read_body(request, state.settings.max_body_bytes))
         *conversation, answer = req.messages
         if answer.role != "assistant":
             raise APIError(400, "the last message must be the assistant answer to score", param="messages")
-        (score,) = await served.scorer.score([(pipeline.to_messages(conversation), answer.text())])
+        served = pipeline.require_ready(state)  # leased before the next await, like a completion's models
+        with state.leases.hold(served.reward):
+            (score,) = await served.scorer.score([(pipeline.to_messages(conversation), answer.text())])
         value = score if req.use_activation is False else _sigmoid(score)
         return JSONResponse({"id": p.new_id("classify"), "object": "list", "created": int(time.time()),
                              "model": req.model or "reward", "data": [

@@ -1,7 +1,8 @@
 """Prometheus metrics, `bon_` prefix and units in the names, on a registry of the app's own.
 
 A per-app `CollectorRegistry` (not the process-global one) lets tests and embedders build several apps in one
-process.
+process. Per-request metrics carry the checkpoint versions that served the request (`version` for the policy,
+`reward_version` for the RM), so a hot swap shows up as a new series, never blended into the old one.
 """
 
 from __future__ import annotations
@@ -19,38 +20,53 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.request_duration = Histogram("bon_request_duration_seconds", "End-to-end latency of a Best-of-N request",
-                                          ["policy", "best_of"], buckets=_LATENCY, registry=r)
+                                          ["policy", "version", "best_of"], buckets=_LATENCY, registry=r)
         self.queue_wait = Histogram("bon_queue_wait_seconds", "Time a request waited for an admission slot",
                                     buckets=_LATENCY, registry=r)
         self.sample_duration = Histogram("bon_sample_duration_seconds", "Time to sample all candidates of a request",
-                                         ["policy"], buckets=_LATENCY, registry=r)
+                                         ["policy", "version"], buckets=_LATENCY, registry=r)
         self.score_duration = Histogram("bon_score_duration_seconds",
                                         "Time from submitting a request's candidates to the RM until scored",
-                                        buckets=_LATENCY, registry=r)
+                                        ["reward_version"], buckets=_LATENCY, registry=r)
         self.in_flight = Gauge("bon_requests_in_flight", "Requests holding an admission slot", registry=r)
         self.queued = Gauge("bon_requests_queued", "Requests waiting for an admission slot", registry=r)
-        self.requests = Counter("bon_requests_total", "Best-of-N requests answered", ["policy", "endpoint"],
-                                registry=r)
+        self.requests = Counter("bon_requests_total", "Best-of-N requests answered",
+                                ["policy", "version", "reward_version", "endpoint"], registry=r)
         self.cancelled = Counter("bon_requests_cancelled_total", "Requests whose client went away before the answer",
                                  registry=r)
-        self.candidates = Counter("bon_candidates_generated_total", "Candidates sampled", ["policy"], registry=r)
+        self.candidates = Counter("bon_candidates_generated_total", "Candidates sampled", ["policy", "version"],
+                                  registry=r)
         self.tokens = Counter("bon_tokens_generated_total", "Completion tokens generated over all candidates",
-                              ["policy"], registry=r)
-        self.prompt_tokens = Counter("bon_prompt_tokens_total", "Prompt tokens of answered requests", ["policy"],
-                                     registry=r)
+                              ["policy", "version"], registry=r)
+        self.prompt_tokens = Counter("bon_prompt_tokens_total", "Prompt tokens of answered requests",
+                                     ["policy", "version"], registry=r)
         self.rm_batch_size = Histogram("bon_rm_batch_size", "Candidates per reward-model forward pass",
-                                       buckets=_BATCH, registry=r)
+                                       ["reward_version"], buckets=_BATCH, registry=r)
         self.rm_batch_duration = Histogram("bon_rm_batch_duration_seconds", "Duration of one reward-model forward",
-                                           buckets=_LATENCY, registry=r)
-        self.selected_reward = Histogram("bon_selected_reward", "Reward of the first returned choice", ["policy"],
-                                         buckets=_REWARD, registry=r)
+                                           ["reward_version"], buckets=_LATENCY, registry=r)
+        self.selected_reward = Histogram("bon_selected_reward", "Reward of the first returned choice",
+                                         ["policy", "version", "reward_version"], buckets=_REWARD, registry=r)
         self.reward_gain = Histogram("bon_reward_gain", "Reward of the first returned choice minus the candidates' "
-                                     "mean", ["policy"], buckets=_GAIN, registry=r)
+                                     "mean", ["policy", "version", "reward_version"], buckets=_GAIN,
+                                     registry=r)
         self.rejections = Counter("bon_rejections_total", "Requests refused, by reason", ["reason"], registry=r)
+        self.loaded = Gauge("bon_loaded_model_info", "1 for each model served now, with its checkpoint version",
+                            ["kind", "name", "version"], registry=r)
+        self.swaps = Counter("bon_swaps_total", "Admin loads and rollbacks of a policy or the reward model, by result",
+                             ["target", "result"], registry=r)
+        self.swap_duration = Histogram("bon_swap_duration_seconds", "Validate, load, warm up and switch one model",
+                                       ["target"], buckets=_LATENCY, registry=r)
+        self.draining = Gauge("bon_models_draining", "Swapped-out models still finishing their requests", registry=r)
 
-    def observe_batch(self, size: int, seconds: float) -> None:
-        self.rm_batch_size.observe(size)
-        self.rm_batch_duration.observe(seconds)
+    def observe_batch(self, size: int, seconds: float, reward_version: str) -> None:
+        self.rm_batch_size.labels(reward_version=reward_version).observe(size)
+        self.rm_batch_duration.labels(reward_version=reward_version).observe(seconds)
+
+    def publish_loaded(self, policies: dict[str, str], reward_version: str) -> None:
+        self.loaded.clear()
+        for name, version in policies.items():
+            self.loaded.labels(kind="policy", name=name, version=version).set(1)
+        self.loaded.labels(kind="reward", name="reward", version=reward_version).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

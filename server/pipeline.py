@@ -328,31 +328,38 @@ async def stream_events(o: Outcome) -> AsyncIterator[str]:
 def _record(state: ServerState, o: Outcome, arrived: float) -> None:
     m, plan = state.metrics, o.plan
     best = o.rewards[o.chosen[0]]
-    m.request_duration.labels(policy=plan.policy, best_of=str(plan.best_of)).observe(time.perf_counter() - arrived)
+    policy = {"policy": plan.policy, "version": o.policy_version}
+    both = {**policy, "reward_version": o.reward_version}
+    m.request_duration.labels(**policy, best_of=str(plan.best_of)).observe(time.perf_counter() - arrived)
     m.queue_wait.observe(o.timings.queue_seconds)
-    m.sample_duration.labels(policy=plan.policy).observe(o.timings.sample_seconds)
-    m.score_duration.observe(o.timings.score_seconds)
-    m.requests.labels(policy=plan.policy, endpoint=plan.endpoint).inc()
-    m.candidates.labels(policy=plan.policy).inc(len(o.generation.candidates))
-    m.tokens.labels(policy=plan.policy).inc(sum(c.tokens for c in o.generation.candidates))
-    m.prompt_tokens.labels(policy=plan.policy).inc(o.generation.prompt_tokens)
-    m.selected_reward.labels(policy=plan.policy).observe(best)
-    m.reward_gain.labels(policy=plan.policy).observe(best - sum(o.rewards) / len(o.rewards))
+    m.sample_duration.labels(**policy).observe(o.timings.sample_seconds)
+    m.score_duration.labels(reward_version=o.reward_version).observe(o.timings.score_seconds)
+    m.requests.labels(**both, endpoint=plan.endpoint).inc()
+    m.candidates.labels(**policy).inc(len(o.generation.candidates))
+    m.tokens.labels(**policy).inc(sum(c.tokens for c in o.generation.candidates))
+    m.prompt_tokens.labels(**policy).inc(o.generation.prompt_tokens)
+    m.selected_reward.labels(**both).observe(best)
+    m.reward_gain.labels(**both).observe(best - sum(o.rewards) / len(o.rewards))
 
 
 async def handle(state: ServerState, request: Request, endpoint: Endpoint) -> Response:
     arrived = time.perf_counter()
     settings = state.settings
     authorize(settings, request)
-    served = require_ready(state)  # this request's models, whatever is swapped in meanwhile
+    require_ready(state)
     body = await read_body(request, settings.max_body_bytes)
     req = parse(p.ChatCompletionRequest if endpoint == "chat" else p.CompletionRequest, body)
+    # This request's models, whatever is swapped in meanwhile; leased before the next await, so a swap closes
+    # them only after this request is done with them.
+    served = require_ready(state)
     entry = lookup(served, req.model)
-    plan = plan_request(req, endpoint, entry, settings)
-    check_prompt_length(entry, plan, settings)
     try:
-        async with DisconnectWatcher(request) as watcher, state.admission.slot(watcher.until_gone) as queue_seconds:
-            outcome = await best_of_n(served, entry, plan, watcher, arrived, queue_seconds)
+        with state.leases.hold(entry.backend, served.reward):
+            plan = plan_request(req, endpoint, entry, settings)
+            check_prompt_length(entry, plan, settings)
+            async with DisconnectWatcher(request) as watcher, \
+                    state.admission.slot(watcher.until_gone) as queue_seconds:
+                outcome = await best_of_n(served, entry, plan, watcher, arrived, queue_seconds)
     except Cancelled:
         state.metrics.cancelled.inc()
         log.info("client went away; generation and scoring of its request stopped")

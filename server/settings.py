@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     upstream_api_key: str | None = Field(None, description="bearer key sent to remote servers")
     vllm_engine_args: dict[str, Any] = Field({}, description="extra vLLM AsyncEngineArgs (JSON)")
     api_keys: list[str] = Field([], description="accepted bearer keys; empty means no authentication")
+    admin_key: str | None = Field(None, description="bearer key of the /admin API (hot swap); unset turns it off")
     max_best_of: int = Field(32, ge=1, description="largest best_of a request may ask for")
     max_n: int = Field(8, ge=1, description="largest n (choices returned) a request may ask for")
     max_tokens: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
@@ -128,18 +129,23 @@ class Settings(BaseSettings):
     def reward_path(self) -> Path:
         return self.reward.path if self.reward.path is not None else self.checkpoints / "rm"
 
+    def policy_options(self, backend: PolicyBackendName) -> dict[str, Any]:
+        """The backend-specific options of a policy spec (hot swap builds its specs with these too)."""
+        if backend == "openai":
+            return {"balance": self.openai_balance, "timeout_s": self.upstream_timeout_s,
+                    "retries": self.upstream_retries, "api_key": self.upstream_api_key,
+                    "tokenizer": self.openai_tokenizer}
+        options: dict[str, Any] = {"allow_unverified": self.allow_unverified, "device": self.device}
+        if backend == "vllm":
+            options["engine_args"] = self.vllm_engine_args
+        return options
+
     def policy_specs(self) -> list[PolicySpec]:
         specs = []
         for name, p in self.resolved_policies().items():
-            options: dict[str, Any] = {"allow_unverified": self.allow_unverified, "device": self.device}
-            if p.backend == "openai":
-                options = {"balance": self.openai_balance, "timeout_s": self.upstream_timeout_s,
-                           "retries": self.upstream_retries, "api_key": self.upstream_api_key,
-                           "tokenizer": self.openai_tokenizer}
-            elif p.backend == "vllm":
-                options["engine_args"] = self.vllm_engine_args
-            specs.append(PolicySpec(name=name, backend=p.backend or "hf", path=p.path,
-                                    base_urls=tuple(p.base_urls), remote_model=p.remote_model, options=options))
+            backend = p.backend or "hf"
+            specs.append(PolicySpec(name=name, backend=backend, path=p.path, base_urls=tuple(p.base_urls),
+                                    remote_model=p.remote_model, options=self.policy_options(backend)))
         return specs
 
     def reward_spec(self) -> RewardSpec:

@@ -2,16 +2,19 @@
 
 `Served` holds the policy registry (name -> backend and default best_of), the reward model and its
 micro-batcher. It is immutable and reached through one reference, `ServerState.served`: a request reads it
-once and keeps it, so replacing the reference (hot swap) lets requests in flight finish on the models they
-started with while new requests see the new ones.
+once and keeps it, so replacing the reference (hot swap, `ServerState.switch`) lets requests in flight finish
+on the models they started with while new requests see the new ones. `Leases` counts the requests using each
+backend, so a swapped-out backend is closed (its memory released) after its last request, not before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -63,20 +66,94 @@ def load_models(settings: Settings) -> tuple[dict[str, PolicyEntry], RewardBacke
     return policies, load_reward(reward_spec)
 
 
+async def warm_up_policy(name: str, backend: PolicyBackend, scorer: MicroBatcher[ScoreItem]) -> None:
+    """One real small generation, scored: raises if either fails."""
+    generation = await backend.generate(WARMUP_MESSAGES, 2, GenerationParams(max_tokens=4), 0, lambda: False)
+    scores = await scorer.score([(WARMUP_MESSAGES, c.text) for c in generation.candidates])
+    if len(scores) != 2 or not all(math.isfinite(s) for s in scores):
+        raise RuntimeError(f"warm-up of policy {name}: the reward model returned {scores}")
+
+
+async def warm_up_reward(scorer: MicroBatcher[ScoreItem]) -> None:
+    """One real small scoring batch: raises unless it gives one finite score per answer."""
+    answers = ("Sure! You could build a pillow fort together.", "No.")
+    scores = await scorer.score([(WARMUP_MESSAGES, a) for a in answers])
+    if len(scores) != len(answers) or not all(math.isfinite(s) for s in scores):
+        raise RuntimeError(f"warm-up of the reward model: it returned {scores}")
+
+
 async def warm_up(served: Served) -> None:
     """One real small generation and scoring per policy: what `/ready` promises."""
     for name, entry in served.policies.items():
-        generation = await entry.backend.generate(WARMUP_MESSAGES, 2, GenerationParams(max_tokens=4), 0,
-                                                  lambda: False)
-        scores = await served.scorer.score([(WARMUP_MESSAGES, c.text) for c in generation.candidates])
-        if len(scores) != 2 or not all(math.isfinite(s) for s in scores):
-            raise RuntimeError(f"warm-up of policy {name}: the reward model returned {scores}")
+        await warm_up_policy(name, entry.backend, served.scorer)
+
+
+class Leases:
+    """In-flight requests per backend; a retired backend is closed when its count drops to zero.
+
+    Everything runs on the event loop, so taking a lease right after reading `ServerState.served` (with no
+    await in between) cannot race with a swap retiring that backend.
+    """
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+        self._counts: collections.Counter[int] = collections.Counter()
+        self._retired: dict[int, Callable[[], Awaitable[None]]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def count(self, backend: object) -> int:
+        return self._counts[id(backend)]
+
+    @contextmanager
+    def hold(self, *backends: object) -> Iterator[None]:
+        keys = [id(b) for b in backends]
+        self._counts.update(keys)
+        try:
+            yield
+        finally:
+            for key in keys:
+                self._counts[key] -= 1
+                if self._counts[key] <= 0:
+                    del self._counts[key]
+                    close = self._retired.pop(key, None)
+                    if close is not None:
+                        task = asyncio.get_running_loop().create_task(self._close(close))
+                        self._closing.add(task)
+                        task.add_done_callback(self._closing.discard)
+
+    async def retire(self, backend: object, close: Callable[[], Awaitable[None]]) -> None:
+        """Close `backend` now if no request uses it, else after the last one that does."""
+        if self._counts[id(backend)] == 0:
+            await close()
+            return
+        self._retired[id(backend)] = close
+        self._metrics.draining.set(len(self._retired))
+
+    async def _close(self, close: Callable[[], Awaitable[None]]) -> None:
+        self._metrics.draining.set(len(self._retired))
+        try:
+            await close()
+        except Exception:
+            log.exception("closing a swapped-out backend failed")
+
+    async def close_all(self) -> None:
+        """Close every retired backend now (server shutdown)."""
+        retired, self._retired = list(self._retired.values()), {}
+        for close in retired:
+            await self._close(close)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def close_reward(reward: RewardBackend, scorer: MicroBatcher[ScoreItem]) -> None:
+    await scorer.stop()
+    reward.close()
 
 
 class ServerState:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = Metrics()
+        self.leases = Leases(self.metrics)
         self.admission = Admission(settings.max_in_flight, settings.max_queue, settings.retry_after_s, self.metrics)
         self.served: Served | None = None
         """None until loaded and warmed up; then replaced as a whole, never mutated."""
@@ -88,11 +165,19 @@ class ServerState:
         return self.served is not None
 
     def make_scorer(self, reward: RewardBackend) -> MicroBatcher[ScoreItem]:
+        def on_batch(size: int, seconds: float) -> None:
+            self.metrics.observe_batch(size, seconds, reward.version)
+
         scorer: MicroBatcher[ScoreItem] = MicroBatcher(
             reward.score_batch, max_batch=self.settings.rm_max_batch,
-            max_wait_s=self.settings.rm_max_wait_ms / 1000, on_batch=self.metrics.observe_batch)
+            max_wait_s=self.settings.rm_max_wait_ms / 1000, on_batch=on_batch)
         scorer.start()
         return scorer
+
+    def switch(self, served: Served) -> None:
+        """Serve `served` from the next request on (atomic: one reference replaced on the event loop)."""
+        self.served = served
+        self.metrics.publish_loaded({name: e.version for name, e in served.policies.items()}, served.reward.version)
 
     async def start(self, warmup_retry_s: float = 2.0) -> None:
         """Load the models off the event loop, then warm up until it succeeds (a remote may come up later)."""
@@ -111,10 +196,12 @@ class ServerState:
                 self.error = f"warm-up failed: {type(exc).__name__}: {exc}"
                 log.warning("%s; retrying in %.0fs", self.error, warmup_retry_s)
                 await asyncio.sleep(warmup_retry_s)
-        self.served, self.error = candidate, None
+        self.switch(candidate)
+        self.error = None
         log.info("ready: policies %s, reward model %s",
                  {name: e.version for name, e in policies.items()}, reward.version)
 
     async def stop(self) -> None:
         if self.served is not None:
             await self.served.close()
+        await self.leases.close_all()

@@ -1,0 +1,426 @@
+"""The admin API (hot swap): list checkpoints; load one as a named policy or as the reward model; change a
+policy's default best_of; unload; roll back. Off (every route 404) unless `admin_key` is set; guarded by it.
+
+A load never touches the request path: the checkpoint is validated (`models.registry`: paths, manifest,
+hashes, safetensors, architecture, tokenizer) and loaded in a worker thread, warmed up with one real small
+generation and scoring, and only then switched in with one assignment of `state.served`. Requests in flight
+keep the snapshot they started with, and a swapped-out backend is closed after its last request
+(`state.leases`). Any failure answers with the reason and leaves the old model serving.
+
+One admin change at a time: a second one while another runs is answered 409 (`swap_in_progress`, with
+Retry-After) at once instead of queueing behind a load that may take minutes; reads are never blocked.
+Rollback reloads the version served before (from disk, validated again, and refused if the checkpoint there
+has changed since): keeping the old model resident would double the memory every swap needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.backends import PolicySpec, RewardSpec, load_policy, load_reward
+from models.checkpoint import CheckpointError, Kind, Manifest
+from models.registry import CheckpointNotFound, OutsideRoot, Registry, validate_checkpoint
+from server.errors import APIError, from_validation_error, invalid
+from server.pipeline import lookup, require_ready
+from server.state import PolicyEntry, ServerState, close_reward, warm_up_policy, warm_up_reward
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+M = TypeVar("M", bound=BaseModel)
+
+
+class LoadPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str
+    """A directory under the checkpoint root, relative to it (`dpo`, `runs/ppo-3`) or absolute inside it."""
+    best_of: int | None = Field(default=None, ge=1)
+    """The policy's default best_of; the replaced policy's (or the server default) if unset."""
+
+
+class SetBestOf(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    best_of: int = Field(ge=1)
+
+
+class LoadReward(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One version served under a name: what it is, and enough to load it again."""
+
+    spec: PolicySpec | RewardSpec
+    version: str
+    checkpoint: str
+    """As the operator named it (registry loads) or as configured."""
+    from_registry: bool
+    """Named through the registry: resolved again (inside the root) when it is loaded again."""
+    best_of: int | None = None
+    loaded_at: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": self.version, "checkpoint": self.checkpoint, "loaded_at": self.loaded_at}
+
+
+class Admin:
+    def __init__(self, state: ServerState):
+        self.state = state
+        self.registry = Registry(state.settings.checkpoints)
+        self.policy_history: dict[str, list[Loaded]] = {}
+        self.reward_history: list[Loaded] = []
+        self._lock = asyncio.Lock()
+        self._seeded = False
+
+    # Bookkeeping
+
+    def _seed(self) -> None:
+        """The configured models are the first entries of each history."""
+        served = self.state.served
+        if self._seeded or served is None:
+            return
+        settings = self.state.settings
+        specs = {spec.name: spec for spec in settings.policy_specs()}
+        for name, entry in served.policies.items():
+            spec = specs[name]
+            where = str(spec.path) if spec.path is not None else ",".join(spec.base_urls)
+            self.policy_history[name] = [Loaded(spec, entry.version, where, False, entry.default_best_of)]
+        reward = settings.reward_spec()
+        self.reward_history = [Loaded(reward, served.reward.version, str(reward.path or reward.url), False)]
+        self._seeded = True
+
+    @asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        if self._lock.locked():
+            raise APIError(409, "another admin change is in progress; retry when it is done",
+                           code="swap_in_progress", headers={"Retry-After": "1"})
+        async with self._lock:
+            require_ready(self.state)
+            self._seed()
+            yield
+
+    def _validate(self, path: Path, kind: Kind, from_registry: bool) -> Manifest:
+        return validate_checkpoint(path, kind, within=self.registry.root if from_registry else None)
+
+    def _resolve(self, checkpoint: str) -> Path:
+        try:
+            return self.registry.resolve(checkpoint)
+        except CheckpointError as exc:
+            raise _refusal(exc) from None
+
+    def _check_best_of(self, best_of: int) -> None:
+        if best_of > self.state.settings.max_best_of:
+            raise invalid(f"best_of must be at most {self.state.settings.max_best_of}", param="best_of")
+
+    # Policies
+
+    async def load_policy(self, name: str, checkpoint: str, best_of: int | None) -> dict[str, Any]:
+        _check_name(name)
+        async with self._exclusive():
+            settings = self.state.settings
+            backend = settings.policy_backend
+            if backend == "openai":
+                raise invalid("this server's policies are remote (openai backend): checkpoints are loaded with "
+                              "the hf or vllm backend", code="unsupported_backend")
+            current = require_ready(self.state).policies.get(name)
+            best_of = best_of or (current.default_best_of if current else settings.default_best_of)
+            self._check_best_of(best_of)
+            path = self._resolve(checkpoint)
+            spec = PolicySpec(name=name, backend=backend, path=path,
+                              options={**settings.policy_options(backend), "allow_unverified": False})
+            record, report = await self._swap_policy(name, spec, best_of, checkpoint, from_registry=True)
+            self.policy_history.setdefault(name, []).append(record)
+            return report
+
+    async def set_best_of(self, name: str, best_of: int) -> dict[str, Any]:
+        self._check_best_of(best_of)
+        async with self._exclusive():
+            served = require_ready(self.state)
+            entry = lookup(served, name)
+            policies = {**served.policies, name: replace(entry, default_best_of=best_of)}
+            self.state.switch(replace(served, policies=MappingProxyType(policies)))
+            history = self.policy_history.get(name)
+            if history:
+                history[-1] = replace(history[-1], best_of=best_of)
+            return {"object": "policy", "name": name, "version": entry.version, "default_best_of": best_of}
+
+    async def unload_policy(self, name: str) -> dict[str, Any]:
+        async with self._exclusive():
+            served = require_ready(self.state)
+            entry = lookup(served, name)
+            if len(served.policies) == 1:
+                raise APIError(409, f"{name!r} is the last policy served; load another one before unloading it",
+                               code="last_policy")
+            policies = {k: v for k, v in served.policies.items() if k != name}
+            self.state.switch(replace(served, policies=MappingProxyType(policies)))
+            in_flight = self.state.leases.count(entry.backend)
+            await self.state.leases.retire(entry.backend, entry.backend.close)
+            log.info("unloaded policy %s (%s); %d requests still finishing on it", name, entry.version, in_flight)
+            return {"object": "unload", "name": name, "version": entry.version, "in_flight": in_flight}
+
+    async def rollback_policy(self, name: str) -> dict[str, Any]:
+        _check_name(name)
+        async with self._exclusive():
+            history = self.policy_history.get(name, [])
+            loaded = name in require_ready(self.state).policies
+            if len(history) < (2 if loaded else 1):
+                raise APIError(409, f"policy {name!r} has no previous version to roll back to",
+                               code="no_previous_version")
+            target = history[-2] if loaded else history[-1]
+            spec = target.spec
+            if target.from_registry:
+                spec = replace(spec, path=self._resolve(target.checkpoint))
+            assert isinstance(spec, PolicySpec)
+            record, report = await self._swap_policy(name, spec, target.best_of or self.state.settings.default_best_of,
+                                                     target.checkpoint, target.from_registry, expect=target.version)
+            if loaded:
+                history.pop()
+            history[-1] = record
+            return report
+
+    async def _swap_policy(self, name: str, spec: PolicySpec, best_of: int, checkpoint: str, from_registry: bool,
+                           expect: str | None = None) -> tuple[Loaded, dict[str, Any]]:
+        started = time.perf_counter()
+        metrics = self.state.metrics
+        before = require_ready(self.state).policies.get(name)
+        backend = None
+        try:
+            if spec.path is not None:
+                manifest = await asyncio.to_thread(self._validate, spec.path, "policy", from_registry)
+                _check_expected(manifest, expect)
+            validated = time.perf_counter()
+            backend = await asyncio.to_thread(load_policy, spec)
+            loaded = time.perf_counter()
+            served = require_ready(self.state)
+            with self.state.leases.hold(served.reward):
+                await warm_up_policy(name, backend, served.scorer)
+        except Exception as exc:
+            if backend is not None:
+                await backend.close()
+            metrics.swaps.labels(target="policy", result="failed").inc()
+            still = f"{name!r} still serves {before.version}" if before else f"nothing is served as {name!r}"
+            log.warning("loading %s as policy %s failed: %s", checkpoint, name, exc)
+            raise _refusal(exc, f"loading {checkpoint!r} as policy {name!r} failed", still) from None
+        warmed = time.perf_counter()
+        current = require_ready(self.state)
+        old = current.policies.get(name)
+        entry = PolicyEntry(backend, best_of, spec.backend)
+        self.state.switch(replace(current, policies=MappingProxyType({**current.policies, name: entry})))
+        switched_at = time.time()
+        in_flight = self.state.leases.count(old.backend) if old else 0
+        metrics.swaps.labels(target="policy", result="ok").inc()
+        metrics.swap_duration.labels(target="policy").observe(time.perf_counter() - started)
+        log.info("policy %s now serves %s (was %s; %d requests still finishing on it)", name, backend.version,
+                 old.version if old else None, in_flight)
+        if old is not None:
+            await self.state.leases.retire(old.backend, old.backend.close)
+        record = Loaded(spec, backend.version, checkpoint, from_registry, best_of, switched_at)
+        return record, _report("policy", name, checkpoint, backend.version, old.version if old else None,
+                               switched_at, in_flight, started, validated, loaded, warmed, default_best_of=best_of)
+
+    # Reward model
+
+    async def load_reward(self, checkpoint: str) -> dict[str, Any]:
+        async with self._exclusive():
+            settings = self.state.settings
+            path = self._resolve(checkpoint)
+            spec = RewardSpec(backend="hf", path=path, options={"allow_unverified": False, "device": settings.device})
+            record, report = await self._swap_reward(spec, checkpoint, from_registry=True)
+            self.reward_history.append(record)
+            return report
+
+    async def rollback_reward(self) -> dict[str, Any]:
+        async with self._exclusive():
+            if len(self.reward_history) < 2:
+                raise APIError(409, "the reward model has no previous version to roll back to",
+                               code="no_previous_version")
+            target = self.reward_history[-2]
+            spec = target.spec
+            if target.from_registry:
+                spec = replace(spec, path=self._resolve(target.checkpoint))
+            assert isinstance(spec, RewardSpec)
+            record, report = await self._swap_reward(spec, target.checkpoint, target.from_registry,
+                                                     expect=target.version)
+            self.reward_history.pop()
+            self.reward_history[-1] = record
+            return report
+
+    async def _swap_reward(self, spec: RewardSpec, checkpoint: str, from_registry: bool,
+                           expect: str | None = None) -> tuple[Loaded, dict[str, Any]]:
+        started = time.perf_counter()
+        metrics = self.state.metrics
+        reward = scorer = None
+        try:
+            if spec.path is not None:
+                manifest = await asyncio.to_thread(self._validate, spec.path, "reward", from_registry)
+                _check_expected(manifest, expect)
+            validated = time.perf_counter()
+            reward = await asyncio.to_thread(load_reward, spec)
+            loaded = time.perf_counter()
+            scorer = self.state.make_scorer(reward)
+            await warm_up_reward(scorer)
+        except Exception as exc:
+            if scorer is not None and reward is not None:
+                await close_reward(reward, scorer)
+            elif reward is not None:
+                reward.close()
+            metrics.swaps.labels(target="reward", result="failed").inc()
+            still = f"the reward model is still {require_ready(self.state).reward.version}"
+            log.warning("loading %s as the reward model failed: %s", checkpoint, exc)
+            raise _refusal(exc, f"loading {checkpoint!r} as the reward model failed", still) from None
+        warmed = time.perf_counter()
+        current = require_ready(self.state)
+        old_reward, old_scorer = current.reward, current.scorer
+        self.state.switch(replace(current, reward=reward, scorer=scorer))
+        switched_at = time.time()
+        in_flight = self.state.leases.count(old_reward)
+        metrics.swaps.labels(target="reward", result="ok").inc()
+        metrics.swap_duration.labels(target="reward").observe(time.perf_counter() - started)
+        log.info("the reward model is now %s (was %s; %d requests still finishing on it)", reward.version,
+                 old_reward.version, in_flight)
+
+        async def close_old() -> None:
+            await close_reward(old_reward, old_scorer)
+
+        await self.state.leases.retire(old_reward, close_old)
+        record = Loaded(spec, reward.version, checkpoint, from_registry, loaded_at=switched_at)
+        return record, _report("reward", "reward", checkpoint, reward.version, old_reward.version, switched_at,
+                               in_flight, started, validated, loaded, warmed)
+
+    # Reads
+
+    def models(self) -> dict[str, Any]:
+        self._seed()
+        served = require_ready(self.state)
+        leases = self.state.leases
+        policies = {}
+        for name, entry in served.policies.items():
+            history = self.policy_history.get(name, [])
+            policies[name] = {"version": entry.version, "backend": entry.backend_kind,
+                              "default_best_of": entry.default_best_of,
+                              "checkpoint": history[-1].checkpoint if history else None,
+                              "in_flight": leases.count(entry.backend),
+                              "history": [h.describe() for h in history]}
+        reward = {"version": served.reward.version,
+                  "checkpoint": self.reward_history[-1].checkpoint if self.reward_history else None,
+                  "in_flight": leases.count(served.reward),
+                  "history": [h.describe() for h in self.reward_history]}
+        unloaded = {name: [h.describe() for h in history] for name, history in self.policy_history.items()
+                    if name not in served.policies}
+        return {"object": "models", "policies": policies, "reward": reward, "unloaded": unloaded}
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise invalid(f"policy names are 1-64 letters, digits, '.', '_' or '-', not {name!r}", param="name")
+
+
+def _check_expected(manifest: Manifest, expect: str | None) -> None:
+    if expect is not None and manifest.version != expect:
+        raise CheckpointError(f"the checkpoint there is now {manifest.version}, not {expect} as when it was served")
+
+
+def _refusal(exc: BaseException, doing: str = "", still: str = "") -> APIError:
+    """The admin's answer to a failed validation or load: what failed, why, and what still serves."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if not isinstance(exc, CheckpointError):
+        reason = f"{type(exc).__name__}: {reason}"
+    reason = reason[:600]
+    message = "; ".join(part for part in (f"{doing}: {reason}" if doing else reason, still) if part)
+    if isinstance(exc, OutsideRoot):
+        return APIError(400, message, param="checkpoint", code="checkpoint_outside_root")
+    if isinstance(exc, CheckpointNotFound):
+        return APIError(404, message, param="checkpoint", code="checkpoint_not_found")
+    if isinstance(exc, CheckpointError):
+        return APIError(400, message, param="checkpoint", code="invalid_checkpoint")
+    return APIError(400, message, param="checkpoint", code="load_failed")
+
+
+def _report(target: Literal["policy", "reward"], name: str, checkpoint: str, version: str, previous: str | None,
+            switched_at: float, in_flight: int, started: float, validated: float, loaded: float, warmed: float,
+            **extra: Any) -> dict[str, Any]:
+    return {"object": "swap", "target": target, "name": name, "checkpoint": checkpoint, "version": version,
+            "previous_version": previous, "switched_at": switched_at, "previous_in_flight": in_flight, **extra,
+            "timings": {"validate_seconds": validated - started, "load_seconds": loaded - validated,
+                        "warmup_seconds": warmed - loaded, "total_seconds": time.perf_counter() - started}}
+
+
+async def _body(request: Request, model: type[M]) -> M:
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise from_validation_error(list(exc.errors())) from None
+
+
+def install_admin(app: FastAPI, state: ServerState) -> None:
+    """Add the `/admin` routes when an admin key is configured; without one they do not exist (404)."""
+    key = state.settings.admin_key
+    if not key:
+        return
+    admin = Admin(state)
+    app.state.bon_admin = admin
+
+    async def authorize(request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+            raise APIError(401, "invalid or missing admin key (Authorization: Bearer <admin key>)",
+                           code="invalid_admin_key", headers={"WWW-Authenticate": "Bearer"})
+
+    router = APIRouter(prefix="/admin", dependencies=[Depends(authorize)])
+
+    @router.get("/checkpoints")
+    async def checkpoints(verify: bool = False) -> dict[str, Any]:
+        found = await asyncio.to_thread(admin.registry.list, verify)
+        return {"object": "list", "root": str(admin.registry.root.resolve()),
+                "data": [info.to_dict() for info in found]}
+
+    @router.get("/models")
+    async def models() -> dict[str, Any]:
+        return admin.models()
+
+    @router.post("/policies/{name}")
+    async def load(name: str, request: Request) -> dict[str, Any]:
+        body = await _body(request, LoadPolicy)
+        return await admin.load_policy(name, body.checkpoint, body.best_of)
+
+    @router.patch("/policies/{name}")
+    async def set_best_of(name: str, request: Request) -> dict[str, Any]:
+        body = await _body(request, SetBestOf)
+        return await admin.set_best_of(name, body.best_of)
+
+    @router.delete("/policies/{name}")
+    async def unload(name: str) -> dict[str, Any]:
+        return await admin.unload_policy(name)
+
+    @router.post("/policies/{name}/rollback")
+    async def rollback(name: str) -> dict[str, Any]:
+        return await admin.rollback_policy(name)
+
+    @router.post("/reward")
+    async def load_reward_model(request: Request) -> dict[str, Any]:
+        body = await _body(request, LoadReward)
+        return await admin.load_reward(body.checkpoint)
+
+    @router.post("/reward/rollback")
+    async def rollback_reward() -> dict[str, Any]:
+        return await admin.rollback_reward()
+
+    app.include_router(router)

@@ -1,0 +1,249 @@
+"""The admin API as an operator meets it: a real server with an admin key, called with httpx and `bon checkpoints`.
+
+Every refusal leaves the old model serving: each broken checkpoint and each path escape is tried against the
+live policy (and the reward model) while a client keeps asking it, and every one of those requests succeeds.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from models.checkpoint import read_manifest
+from server.app import create_app
+from server.settings import Settings
+from tests.models.test_registry import BAD_POLICIES, BAD_REWARDS, LOAD_FAILS, build_swap_root
+from tests.server.conftest import REPO, Server, launch_server
+
+KEY = "admin-test-key"
+ADMIN = {"Authorization": f"Bearer {KEY}"}
+PROMPT = [{"role": "user", "content": "What can I do with my teddy bear today?"}]
+ROUTES = [("GET", "/admin/checkpoints"), ("GET", "/admin/models"), ("POST", "/admin/policies/live"),
+          ("PATCH", "/admin/policies/live"), ("DELETE", "/admin/policies/live"),
+          ("POST", "/admin/policies/live/rollback"), ("POST", "/admin/reward"), ("POST", "/admin/reward/rollback")]
+
+
+@pytest.fixture(scope="module")
+def root(tiny_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_swap_root(tiny_checkpoints, tmp_path_factory.mktemp("swap-root"))
+
+
+@pytest.fixture(scope="module")
+def admin_server(root: Path, log_dir: Path):
+    server = launch_server(root, log_dir, "--admin-key", KEY, "--policy", "sft", "--policy", f"live={root / 'dpo'}",
+                           "--default-best-of", "2", "--default-max-tokens", "8")
+    try:
+        yield server.wait()
+    finally:
+        server.stop()
+
+
+def version(root: Path, name: str) -> str:
+    return read_manifest(root / name).version
+
+
+def admin(server: Server, method: str, path: str, body: dict | None = None) -> httpx.Response:
+    return httpx.request(method, server.url + path, json=body, headers=ADMIN, timeout=60)
+
+
+def ask(server: Server, model: str = "live", **extra) -> httpx.Response:
+    return httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                      json={"model": model, "messages": PROMPT, "max_tokens": 6, **extra})
+
+
+def swaps(server: Server, result: str) -> float:
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)}
+    return sum(s.value for s in families["bon_swaps"].samples
+               if s.name == "bon_swaps_total" and s.labels["result"] == result)
+
+
+def test_without_an_admin_key_the_admin_api_does_not_exist(root):
+    async def scenario() -> list[httpx.Response]:
+        app = create_app(Settings(checkpoints=root))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bon") as client:
+            return [await client.request(method, path, headers=ADMIN) for method, path in ROUTES]
+
+    for response in asyncio.run(scenario()):
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+
+
+def test_admin_routes_need_the_admin_key(admin_server):
+    for method, path in ROUTES:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+            response = httpx.request(method, admin_server.url + path, headers=headers, json={"checkpoint": "dpo"})
+            assert response.status_code == 401, (method, path, headers)
+            assert response.json()["error"]["code"] == "invalid_admin_key"
+            assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_checkpoints_are_listed_with_their_manifests(admin_server, root):
+    listed = {c["name"]: c for c in admin(admin_server, "GET", "/admin/checkpoints").json()["data"]}
+    dpo = listed["dpo"]
+    assert (dpo["kind"], dpo["method"], dpo["parent"]) == ("policy", "dpo", version(root, "sft"))
+    assert dpo["figures"] == {"gold_reward": 0.4} and dpo["created"] > 0 and dpo["valid"] is None
+    assert listed["rm-v2"]["kind"] == "reward" and "escape" not in listed
+    verified = {c["name"]: c for c in admin(admin_server, "GET", "/admin/checkpoints?verify=true").json()["data"]}
+    assert verified["ppo"]["valid"] is True
+    assert verified["bad/flipped-byte"]["valid"] is False and "sha256" in verified["bad/flipped-byte"]["error"]
+
+
+class Steady:
+    """A client asking `model` one request after another in a thread, until stopped."""
+
+    def __init__(self, server: Server, model: str = "live"):
+        self.server, self.model = server, model
+        self.responses: list[httpx.Response] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.responses.append(ask(self.server, self.model))
+
+    def __enter__(self) -> "Steady":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def test_each_broken_checkpoint_is_refused_while_the_old_model_answers(admin_server, root):
+    live, rm = version(root, "dpo"), version(root, "rm")
+    failed_before = swaps(admin_server, "failed")
+    attempts = [("/admin/policies/live", name, "invalid_checkpoint", reason) for name, reason in BAD_POLICIES.items()]
+    attempts += [("/admin/policies/live", LOAD_FAILS, "load_failed", "size mismatch|ignore_mismatched_sizes"),
+                 ("/admin/policies/live", "rm", "invalid_checkpoint", "expected a policy"),
+                 ("/admin/policies/live", "nowhere", "checkpoint_not_found", "no checkpoint directory"),
+                 ("/admin/reward", "dpo", "invalid_checkpoint", "expected a reward")]
+    attempts += [("/admin/reward", name, "invalid_checkpoint", reason) for name, reason in BAD_REWARDS.items()]
+    with Steady(admin_server) as steady:
+        for path, checkpoint, code, reason in attempts:
+            response = admin(admin_server, "POST", path, {"checkpoint": checkpoint})
+            error = response.json()["error"]
+            assert response.status_code in (400, 404) and error["code"] == code, (checkpoint, error)
+            assert error["param"] == "checkpoint"
+            assert any(part in error["message"] for part in reason.split("|")), (checkpoint, error["message"])
+            assert f"still serves {live}" in error["message"] or f"reward model is still {rm}" in error["message"] \
+                or code == "checkpoint_not_found"
+            answer = ask(admin_server).json()["bon"]
+            assert (answer["policy_version"], answer["reward_model_version"]) == (live, rm)
+    assert steady.responses and all(r.status_code == 200 for r in steady.responses)
+    assert {r.json()["bon"]["policy_version"] for r in steady.responses} == {live}
+    assert swaps(admin_server, "failed") - failed_before == len(attempts) - 1  # a missing directory loads nothing
+
+
+def test_paths_outside_the_root_are_refused(admin_server, tiny_checkpoints):
+    escapes = ["../sft", "dpo/../../sft", str(tiny_checkpoints / "sft"), "escape", "http://example.com/dpo",
+               "bad/linked-file"]
+    for path in ("/admin/policies/live", "/admin/reward"):
+        for checkpoint in escapes:
+            response = admin(admin_server, "POST", path, {"checkpoint": checkpoint})
+            assert response.status_code == 400, (path, checkpoint, response.text)
+            assert response.json()["error"]["code"] == "checkpoint_outside_root"
+    assert ask(admin_server).status_code == 200
+
+
+def test_best_of_unload_and_rollback(admin_server, root):
+    dpo, ppo = version(root, "dpo"), version(root, "ppo")
+    assert admin(admin_server, "PATCH", "/admin/policies/live", {"best_of": 3}).json()["default_best_of"] == 3
+    assert ask(admin_server).json()["bon"]["best_of"] == 3
+    assert admin(admin_server, "PATCH", "/admin/policies/live", {"best_of": 999}).status_code == 400
+    assert admin(admin_server, "PATCH", "/admin/policies/nope", {"best_of": 2}).json()["error"]["code"] == \
+        "model_not_found"
+
+    swap = admin(admin_server, "POST", "/admin/policies/live", {"checkpoint": "ppo"}).json()
+    assert (swap["previous_version"], swap["version"], swap["default_best_of"]) == (dpo, ppo, 3)
+    assert ask(admin_server).json()["bon"]["policy_version"] == ppo
+    back = admin(admin_server, "POST", "/admin/policies/live/rollback").json()
+    assert (back["previous_version"], back["version"]) == (ppo, dpo)
+    assert ask(admin_server).json()["bon"]["policy_version"] == dpo
+    again = admin(admin_server, "POST", "/admin/policies/live/rollback")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "no_previous_version"
+
+    assert admin(admin_server, "DELETE", "/admin/policies/live").json()["version"] == dpo
+    models = httpx.get(admin_server.url + "/v1/models").json()["data"]
+    assert [m["id"] for m in models] == ["sft"]
+    assert ask(admin_server).json()["error"]["code"] == "model_not_found"
+    last = admin(admin_server, "DELETE", "/admin/policies/sft")
+    assert last.status_code == 409 and last.json()["error"]["code"] == "last_policy"
+    assert admin(admin_server, "POST", "/admin/policies/live/rollback").json()["version"] == dpo  # undoes the unload
+    cards = {m["id"]: m["bon"] for m in httpx.get(admin_server.url + "/v1/models").json()["data"]}
+    assert cards["live"] == {"version": dpo, "backend": "hf", "default_best_of": 3}
+    admin(admin_server, "PATCH", "/admin/policies/live", {"best_of": 2})
+
+    rm, rm2 = version(root, "rm"), version(root, "rm-v2")
+    assert admin(admin_server, "POST", "/admin/reward", {"checkpoint": "rm-v2"}).json()["version"] == rm2
+    assert ask(admin_server).json()["bon"]["reward_model_version"] == rm2
+    assert admin(admin_server, "POST", "/admin/reward/rollback").json()["version"] == rm
+    assert admin(admin_server, "POST", "/admin/reward/rollback").json()["error"]["code"] == "no_previous_version"
+    status = admin(admin_server, "GET", "/admin/models").json()
+    assert status["policies"]["live"]["version"] == dpo and status["reward"]["version"] == rm
+    assert admin(admin_server, "POST", "/admin/policies/no%20spaces", {"checkpoint": "dpo"}).status_code == 400
+
+
+def _bon(*args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bon.cli", "checkpoints", *args], cwd=REPO,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_bon_checkpoints_drives_a_running_server(admin_server, root):
+    listing = _bon("list", "--url", admin_server.url, "--json", BON_ADMIN_KEY=KEY)
+    refused = _bon("load", "live", "../sft", "--url", admin_server.url, "--admin-key", KEY)
+    out, err = listing.communicate(timeout=120)
+    assert listing.returncode == 0, err
+    assert {"dpo", "ppo", "rm-v2"} <= {c["name"] for c in json.loads(out)["data"]}
+    _, err = refused.communicate(timeout=120)
+    assert refused.returncode == 1 and "checkpoint_outside_root" in err and "'..'" in err
+
+    started = time.monotonic()
+    load = _bon("load", "live", "ppo", "--best-of", "2", "--url", admin_server.url, "--admin-key", KEY)
+    out, err = load.communicate(timeout=120)
+    assert load.returncode == 0, err
+    assert f"live: {version(root, 'dpo')} -> {version(root, 'ppo')}" in out
+    assert ask(admin_server).json()["bon"]["policy_version"] == version(root, "ppo")
+    assert time.monotonic() - started < 60
+    assert admin(admin_server, "POST", "/admin/policies/live/rollback").status_code == 200
+
+
+def test_a_second_change_while_one_runs_is_refused_and_serving_goes_on(root, monkeypatch):
+    import server.admin
+
+    real_load = server.admin.load_policy
+
+    def slow_load(spec):
+        time.sleep(1.5)
+        return real_load(spec)
+
+    monkeypatch.setattr(server.admin, "load_policy", slow_load)
+
+    async def scenario() -> None:
+        app = create_app(Settings(checkpoints=root, admin_key=KEY, default_best_of=2, default_max_tokens=6))
+        state = app.state.bon
+        await state.start()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bon",
+                                         timeout=60) as client:
+                first = asyncio.create_task(client.post("/admin/policies/dpo", headers=ADMIN,
+                                                        json={"checkpoint": "dpo"}))
+                await asyncio.sleep(0.3)
+                second = await client.post("/admin/policies/ppo", headers=ADMIN, json={"checkpoint": "ppo"})
+                assert second.status_code == 409 and second.json()["error"]["code"] == "swap_in_progress"
+                assert second.headers["retry-after"] == "1"
+                assert (await client.get("/admin/models", headers=ADMIN)).status_code == 200
+                served = await client.post("/v1/chat/completions", json={"model": "sft", "messages": PROMPT})
+                assert served.status_code == 200 and not first.done()  # requests go on during the load
+                assert (await first).json()["version"] == version(root, "dpo")
+        finally:
+            await state.stop()
+
+    asyncio.run(scenario())
