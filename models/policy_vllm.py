@@ -4,6 +4,12 @@ One request with `SamplingParams(n=N)`: vLLM fans it out into N child sequences 
 blocks (prefix caching), and continuous batching mixes them with every other request in flight. vLLM is
 imported only when this backend is chosen. The prompt is rendered with the checkpoint's chat template here, as
 the hf backend does, and passed as token ids, so both backends see the same prompt.
+
+Hot swap builds a new engine beside the serving one (docs/hot-swap.md says why, not an in-place weight reload
+or LoRA adapters): every checkpoint gets an engine of its own, requests in flight finish on the old engine,
+and `close` shuts it down (its engine-core process, and with it the GPU memory) after the last of them. Both
+engines must fit at once, so when the server asks for room for `engines` engines and the user did not size
+them (`gpu_memory_utilization`), each takes an equal share of vLLM's default 0.9 of the GPU.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from models.chat import prompt_ids
 from models.checkpoint import CheckpointError
 from models.sampling import Cancelled
 
+_VLLM_DEFAULT_UTILIZATION = 0.9
+
 
 class VLLMPolicy:
     def __init__(self, name: str, engine: Any, tokenizer: PreTrainedTokenizerBase, version: str,
@@ -53,6 +61,10 @@ class VLLMPolicy:
         version = checkpoint_version(spec.path, "policy", spec.options.get("allow_unverified", False))
         engine_args = {"enable_prefix_caching": True, "load_format": "safetensors", "trust_remote_code": False,
                        **spec.options.get("engine_args", {})}
+        engines = int(spec.options.get("engines", 1))
+        if engines > 1 and "gpu_memory_utilization" not in engine_args:
+            # vLLM checks its share against the memory free when it starts: leave room for the engines to come.
+            engine_args["gpu_memory_utilization"] = round(_VLLM_DEFAULT_UTILIZATION / engines, 3)
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(spec.path), **engine_args))
         tokenizer = AutoTokenizer.from_pretrained(str(spec.path), trust_remote_code=False)
         return cls(spec.name, engine, tokenizer, version, engine.model_config.max_model_len)
@@ -99,4 +111,7 @@ class VLLMPolicy:
         return Generation(candidates, len(ids))
 
     async def close(self) -> None:
-        self.engine.shutdown()
+        """Shut the engine down: its engine-core process exits and the GPU memory it held is released."""
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None

@@ -138,6 +138,9 @@ class Settings(BaseSettings):
         options: dict[str, Any] = {"allow_unverified": self.allow_unverified, "device": self.device}
         if backend == "vllm":
             options["engine_args"] = self.vllm_engine_args
+            if self.admin_key:  # a hot swap starts one more engine beside those serving
+                serving = sum(p.backend == "vllm" for p in self.resolved_policies().values())
+                options["engines"] = serving + 1
         return options
 
     def policy_specs(self) -> list[PolicySpec]:

@@ -247,3 +247,9 @@ def test_a_second_change_while_one_runs_is_refused_and_serving_goes_on(root, mon
             await state.stop()
 
     asyncio.run(scenario())
+
+
+def test_with_the_admin_api_on_vllm_engines_leave_room_for_a_swap():
+    two = {"a": {"path": "/a"}, "b": {"path": "/b"}}
+    assert Settings(policy_backend="vllm", policies=two, admin_key=KEY).policy_options("vllm")["engines"] == 3
+    assert "engines" not in Settings(policy_backend="vllm", policies=two).policy_options("vllm")
