@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +15,9 @@ import training.ppo as ppo
 from bon.cli import main as bon_main
 from models.chat import prompt_ids, user
 from models.checkpoint import verify
+from tests.conftest import bon_train, config_flags
 from training.ppo_config import PPOConfig
 
-REPO = Path(__file__).resolve().parents[2]
 # 16 rollouts of at most 24 tokens per iteration, 2 epochs of 2 minibatches: an iteration in well under a second.
 TINY: dict[str, Any] = dict(steps=6, rollouts=16, sample_chunk=4, max_new_tokens=24, epochs=2, minibatch_size=8,
                             lr=1e-3, value_lr=1e-3, warmup=1, train_prompts=64, reward_norm_samples=16, val_prompts=8,
@@ -32,15 +29,6 @@ COMPARED = ("objective/scores", "objective/kl", "objective/rlhf_reward", "loss/p
 
 def tiny_ppo_config(out: Path, sft: Path, rm: Path, **overrides: Any) -> PPOConfig:
     return PPOConfig(**{"out": out, "parent": sft, "reward_model": rm, **TINY, **overrides})
-
-
-def cli_flags(cfg: PPOConfig) -> list[str]:
-    flags = []
-    for name in ("out", "parent", "reward_model", "variant", *TINY, "adaptive_kl", "max_kl", "guard_patience"):
-        value = getattr(cfg, name)
-        flag = f"--{name.replace('_', '-')}"
-        flags += [flag if value else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]
-    return flags
 
 
 def history(out: Path) -> list[dict[str, float]]:
@@ -120,7 +108,7 @@ def test_runaway_kl_stops_the_cli_with_a_clear_message(tiny_sft: Path, tiny_rm: 
     cfg = tiny_ppo_config(tmp_path / "ppo", tiny_sft, tiny_rm, lr=0.03, adaptive_kl=False, max_kl=0.5,
                           guard_patience=1, steps=4, val_prompts=0, eval_prompts=0)
     with pytest.raises(SystemExit) as stopped:
-        bon_main(["train", "ppo", *cli_flags(cfg)])
+        bon_main(["train", "ppo", *config_flags(cfg)])
     message = str(stopped.value.code)
     assert "KL to the SFT reference ran away" in message and "max_kl=0.5" in message, message
     assert not cfg.out.exists()
@@ -171,14 +159,9 @@ def test_two_processes_follow_the_loss_curve_of_one(tiny_sft: Path, tiny_rm: Pat
     """
     one = tiny_ppo_config(tmp_path / "one", tiny_sft, tiny_rm, steps=3, val_prompts=0, eval_prompts=0)
     two = tiny_ppo_config(tmp_path / "two", tiny_sft, tiny_rm, steps=3, val_prompts=0, eval_prompts=0)
-    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "bon.cli", "train", "ppo"]
-    proc = subprocess.Popen([*launcher, *cli_flags(two)], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
     ppo.train_ppo(one)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+    done = bon_train("ppo", two, processes=2)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert verify(two.out).hyperparameters["world_size"] == 2
     for a, b in zip(training_steps(one.out), training_steps(two.out), strict=True):
         for name in COMPARED:
