@@ -50,6 +50,15 @@ class Metrics:
                                      "mean", ["policy", "version", "reward_version"], buckets=_GAIN,
                                      registry=r)
         self.rejections = Counter("bon_rejections_total", "Requests refused, by reason", ["reason"], registry=r)
+        # The guard (--guard): a held-out reward of the first returned choice, and the selecting RM's reward
+        # minus it. Raw scores on their own scales: watch the gap grow with best_of or over time.
+        guarded = ["policy", "version", "reward_version", "best_of"]
+        self.guard_reward = Histogram("bon_guard_reward", "Guard's reward of the first returned choice",
+                                      guarded, buckets=_REWARD, registry=r)
+        self.guard_gap = Histogram("bon_guard_gap", "Selecting RM's reward minus the guard's, of the first "
+                                   "returned choice", guarded, buckets=_REWARD, registry=r)
+        self.guard_duration = Histogram("bon_guard_duration_seconds", "Time the guard took to score a chosen "
+                                        "answer", buckets=_LATENCY, registry=r)
         self.loaded = Gauge("bon_loaded_model_info", "1 for each model served now, with its checkpoint version",
                             ["kind", "name", "version"], registry=r)
         self.swaps = Counter("bon_swaps_total", "Admin loads and rollbacks of a policy or the reward model, by result",

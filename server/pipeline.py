@@ -16,7 +16,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 from fastapi import Request
@@ -65,6 +65,8 @@ class Outcome:
     rewards: list[float]
     chosen: list[int]
     timings: p.BonTimings
+    guard_reward: float | None = None
+    """The guard's reward of the first chosen answer (`--guard`), else None."""
 
 
 # Validate
@@ -256,7 +258,7 @@ def _bon_info(o: Outcome) -> p.BonInfo:
                      rewards=[o.rewards[i] for i in o.chosen], candidate_indices=o.chosen,
                      reward_mean=sum(o.rewards) / len(o.rewards),
                      candidate_tokens=sum(c.tokens for c in o.generation.candidates),
-                     candidates=candidates, timings=o.timings)
+                     candidates=candidates, timings=o.timings, guard_reward=o.guard_reward)
 
 
 def _usage(o: Outcome) -> p.Usage:
@@ -340,6 +342,26 @@ def _record(state: ServerState, o: Outcome, arrived: float) -> None:
     m.prompt_tokens.labels(**policy).inc(o.generation.prompt_tokens)
     m.selected_reward.labels(**both).observe(best)
     m.reward_gain.labels(**both).observe(best - sum(o.rewards) / len(o.rewards))
+    if o.guard_reward is not None:
+        guarded = {"policy": plan.policy, "version": o.policy_version, "reward_version": o.reward_version,
+                   "best_of": str(plan.best_of)}
+        m.guard_reward.labels(**guarded).observe(o.guard_reward)
+        m.guard_gap.labels(**guarded).observe(best - o.guard_reward)
+
+
+async def guard(state: ServerState, o: Outcome) -> Outcome:
+    """The guard's reward of the first chosen answer, scored inline after selection; a guard failure is logged
+    and the answer still goes out."""
+    assert state.guard is not None
+    started = time.perf_counter()
+    answer = o.generation.candidates[o.chosen[0]].text
+    try:
+        (score,) = await asyncio.to_thread(state.guard.score_batch, [(o.plan.messages, answer)])
+    except Exception:
+        log.exception("the guard failed to score an answer; it goes out unguarded")
+        return o
+    state.metrics.guard_duration.observe(time.perf_counter() - started)
+    return replace(o, guard_reward=float(score))
 
 
 async def handle(state: ServerState, request: Request, endpoint: Endpoint) -> Response:
@@ -369,6 +391,8 @@ async def handle(state: ServerState, request: Request, endpoint: Endpoint) -> Re
     except BackendError as exc:
         log.error("backend failure: %s", exc)
         raise APIError(502, str(exc), code="upstream_error") from None
+    if state.guard is not None:
+        outcome = await guard(state, outcome)
     _record(state, outcome, arrived)
     if plan.stream:
         return StreamingResponse(stream_events(outcome), media_type="text/event-stream",

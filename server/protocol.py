@@ -144,6 +144,9 @@ class BonInfo(BaseModel):
     """Mean reward over all candidates; `rewards[0] - reward_mean` is the reward gain."""
     candidate_tokens: int
     """Completion tokens generated over all candidates (what the request cost)."""
+    guard_reward: float | None = None
+    """The guard's reward of the first returned choice, when the server runs one (`--guard`): a held-out
+    reward the selection never saw, so `rewards[0]` rising while it falls is overoptimisation."""
     candidates: list[BonCandidate] | None = None
     """Every candidate, when the request set `return_candidates`."""
     timings: BonTimings

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     checkpoints: Path = Field(Path("checkpoints"), description="root of the default checkpoints")
     policies: dict[str, PolicyConfig] = Field({}, description="served policies by name")
     reward: RewardConfig = Field(RewardConfig(), description="the reward model")
+    guard: Literal["judge", "hf", "remote"] | None = Field(
+        None, description="held-out reward that scores each chosen answer, to watch overoptimisation: judge "
+        "(the embedded world's gold judge), hf (--guard-path) or remote (--guard-url); off if unset")
+    guard_path: Path | None = Field(None, description="checkpoint of the hf guard (a second reward model)")
+    guard_url: str | None = Field(None, description="/classify or /pooling URL of the remote guard")
+    guard_model: str | None = Field(None, description="model name sent to the remote guard")
     policy_backend: PolicyBackendName = Field("hf", description="backend of policies that do not name one")
     device: str = Field("cpu", description="torch device of the hf backends: cpu, cuda, cuda:1 or auto")
     allow_unverified: bool = Field(False, description="serve Hugging Face checkpoints that have no manifest")
@@ -112,6 +118,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"policy {name}: best_of {policy.best_of} exceeds max_best_of")
         if self.reward.backend == "remote" and not self.reward.url:
             raise ValueError("the remote reward backend needs a URL (--reward-url)")
+        if self.guard == "hf" and self.guard_path is None:
+            raise ValueError("the hf guard needs a checkpoint (--guard-path)")
+        if self.guard == "remote" and not self.guard_url:
+            raise ValueError("the remote guard needs a URL (--guard-url)")
         return self
 
     def resolved_policies(self) -> dict[str, PolicyConfig]:
@@ -159,12 +169,23 @@ class Settings(BaseSettings):
         return RewardSpec(backend="hf", path=self.reward_path(),
                           options={"allow_unverified": self.allow_unverified, "device": self.device})
 
+    def guard_spec(self) -> RewardSpec:
+        """How to build an hf or remote guard (the judge needs no spec)."""
+        if self.guard == "remote":
+            return RewardSpec(backend="remote", url=self.guard_url, remote_model=self.guard_model,
+                              options={"timeout_s": self.upstream_timeout_s, "retries": self.upstream_retries,
+                                       "api_key": self.upstream_api_key})
+        return RewardSpec(backend="hf", path=self.guard_path,
+                          options={"allow_unverified": self.allow_unverified, "device": self.device})
+
     def missing_checkpoints(self) -> list[str]:
         """Checkpoint directories the settings name that do not exist, as `what: path` lines."""
         missing = [f"policy {name}: {p.path}" for name, p in self.resolved_policies().items()
                    if p.backend != "openai" and p.path is not None and not p.path.is_dir()]
         if self.reward.backend == "hf" and not self.reward_path().is_dir():
             missing.append(f"reward model: {self.reward_path()}")
+        if self.guard == "hf" and self.guard_path is not None and not self.guard_path.is_dir():
+            missing.append(f"guard: {self.guard_path}")
         return missing
 
 
@@ -183,7 +204,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     for policy in (data.get("policies") or {}).values():
         if isinstance(policy, dict) and "path" in policy:
             policy["path"] = anchor(policy["path"])
-    for key in ("checkpoints", "openai_tokenizer"):
+    for key in ("checkpoints", "openai_tokenizer", "guard_path"):
         if key in data:
             data[key] = anchor(data[key])
     if isinstance(data.get("reward"), dict) and "path" in data["reward"]:

@@ -66,6 +66,18 @@ def load_models(settings: Settings) -> tuple[dict[str, PolicyEntry], RewardBacke
     return policies, load_reward(reward_spec)
 
 
+def load_guard(settings: Settings) -> RewardBackend | None:
+    """The held-out reward that scores each chosen answer, when `--guard` names one (blocking)."""
+    if settings.guard is None:
+        return None
+    log.info("loading the guard (%s)", settings.guard)
+    if settings.guard == "judge":
+        from models.reward_judge import JudgeReward
+
+        return JudgeReward()
+    return load_reward(settings.guard_spec())
+
+
 async def warm_up_policy(name: str, backend: PolicyBackend, scorer: MicroBatcher[ScoreItem]) -> None:
     """One real small generation, scored: raises if either fails."""
     generation = await backend.generate(WARMUP_MESSAGES, 2, GenerationParams(max_tokens=4), 0, lambda: False)
@@ -159,6 +171,8 @@ class ServerState:
         """None until loaded and warmed up; then replaced as a whole, never mutated."""
         self.error: str | None = None
         """Why the server is not ready yet, when something failed."""
+        self.guard: RewardBackend | None = None
+        """The held-out reward scoring each chosen answer (`--guard`); loaded at start, never swapped."""
 
     @property
     def ready(self) -> bool:
@@ -183,6 +197,7 @@ class ServerState:
         """Load the models off the event loop, then warm up until it succeeds (a remote may come up later)."""
         try:
             policies, reward = await asyncio.to_thread(load_models, self.settings)
+            self.guard = await asyncio.to_thread(load_guard, self.settings)
         except Exception as exc:
             self.error = f"loading failed: {type(exc).__name__}: {exc}"
             log.exception("loading the models failed; the server stays unready")
@@ -202,6 +217,8 @@ class ServerState:
                  {name: e.version for name, e in policies.items()}, reward.version)
 
     async def stop(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
         if self.served is not None:
             await self.served.close()
         await self.leases.close_all()
