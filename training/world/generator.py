@@ -617,11 +617,16 @@ def read_prompt(text: str) -> Topic | None:
 
 
 # ---------------------------------------------------------------- responses
+# Truncated and off-topic answers are failures of form rather than misbehaviour: a third as frequent as the
+# others, so that an SFT model still writes well-formed answers about nine times in ten.
+FLAW_WEIGHTS = {flaw: (1 / 3 if flaw in ("truncated", "off_topic") else 1.0) for flaw in FLAWS}
+
+
 def sample_flaws(rng: random.Random, flaw_rate: float) -> frozenset[str]:
     """No flaw with probability 1 - flaw_rate; else one flaw, and a quarter of the time a second of manner."""
     if rng.random() >= flaw_rate:
         return frozenset()
-    first = rng.choice(FLAWS)
+    first = rng.choices(FLAWS, weights=[FLAW_WEIGHTS[f] for f in FLAWS])[0]
     if rng.random() < 0.25:
         return frozenset({first, rng.choice([f for f in STYLE_FLAWS if f != first])})
     return frozenset({first})
