@@ -107,7 +107,11 @@ def _eval_compare(args: argparse.Namespace) -> None:
     from training.compare_config import CompareConfig
     from training.plots import format_summary
 
-    _emit(args, compare(_build_config(CompareConfig, args)), format_summary)
+    try:
+        cfg = _build_config(CompareConfig, args)
+    except ValueError as exc:
+        raise SystemExit(f"bon eval compare: {exc}") from None
+    _emit(args, compare(cfg), format_summary)
 
 
 def _build_default(args: argparse.Namespace) -> None:

@@ -27,9 +27,9 @@ class CompareConfig:
     rm: Path = field(default_factory=lambda: checkpoint_root() / "rm")
     """Reward model that selects (the proxy reward)."""
     dpo: Path | None = None
-    """DPO policy; `<checkpoints>/dpo` when present, else left out of the comparison."""
+    """DPO policy; `dpo` beside the SFT checkpoint when present (`<checkpoints>/dpo`), else left out."""
     ppo: Path | None = None
-    """PPO policy; `<checkpoints>/ppo` when present, else left out of the comparison."""
+    """PPO policy; `ppo` beside the SFT checkpoint when present (`<checkpoints>/ppo`), else left out."""
     prompts: int = 200
     """Held-out prompts; every method answers the same ones."""
     split: Literal["validation", "test"] = "test"
