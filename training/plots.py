@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+PLOTS = ("reward_vs_kl.png", "overoptimisation.png", "gold_vs_cost.png", "gold_vs_latency.png")
 COLORS = {"sft": "tab:blue", "dpo": "tab:orange", "ppo": "tab:green"}
 COST_LABELS = {"device_seconds_per_answer": "device-seconds per answer (server)",
                "tokens_per_answer": "tokens generated per answer (offline; no server measurement)"}
@@ -38,7 +39,8 @@ def _annotate_n(ax: Any, xs: Sequence[float], ys: Sequence[float], rows: Sequenc
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
-    """reward_vs_kl.png, overoptimisation.png, gold_vs_cost.png and, with server figures, gold_vs_latency.png."""
+    """reward_vs_kl.png, overoptimisation.png, gold_vs_cost.png and, with server figures, gold_vs_latency.png
+    (a stale one from an earlier run with the server is removed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,6 +125,9 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
         save(fig, "gold_vs_latency.png")
+    for name in PLOTS:
+        if out / name not in paths:
+            (out / name).unlink(missing_ok=True)
     return paths
 
 

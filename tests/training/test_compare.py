@@ -161,10 +161,12 @@ def test_compare_without_server_costs_tokens_and_skips_break_even(tiny_sft: Path
     cfg = CompareConfig(out=tmp_path, sft=tiny_sft, rm=tiny_rm, dpo=tuned[0], ppo=tuned[1], prompts=3,
                         sft_samples=3, tuned_samples=2, best_of="1,2", tuned_best_of="1", max_new_tokens=16,
                         server=False)
+    (tmp_path / "gold_vs_latency.png").write_bytes(b"from an earlier run with the server")
     results = compare(cfg)
     assert results["server"] == {"measured": False, "reason": "skipped (--no-server)"}
     assert results["pareto"]["cost"] == "tokens_per_answer"
-    assert "gold_vs_latency.png" not in results["files"] and (tmp_path / "gold_vs_cost.png").is_file()
+    assert "gold_vs_latency.png" not in results["files"] and not (tmp_path / "gold_vs_latency.png").exists()
+    assert sorted(results["files"]) == sorted(p.name for p in tmp_path.iterdir())
     assert all(r.get("latency_p50_s") is None for r in results["methods"])
     assert all(b["answers"] in (0, None) for b in results["break_even"].values())
     assert "not measured (skipped (--no-server))" in (tmp_path / "report.md").read_text()
