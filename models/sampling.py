@@ -8,12 +8,16 @@ request on its own.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+
+# transformers 5.24 renames `past_key_values` to `cache`; the GPU image's 5.17 knows only the old name.
+warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
 
 FinishReason = Literal["stop", "length"]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from models.chat import prompt_ids, user
@@ -25,10 +26,11 @@ def load_policy(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 
 def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], k: int,
                      params: SamplingParams, seed: int = 0, batch_prompts: int = 16) -> list[list[str]]:
-    """K sampled answers per prompt, decoded; deterministic given `seed`."""
+    """K sampled answers per prompt, decoded; deterministic given `seed`. Shows progress on stderr."""
     generator = torch.Generator().manual_seed(seed)
     out: list[list[str]] = []
-    for i in range(0, len(prompts), batch_prompts):
+    starts = range(0, len(prompts), batch_prompts)
+    for i in tqdm(starts, desc=f"sampling {k} x {len(prompts)}", unit="batch", leave=False, dynamic_ncols=True):
         chunk = [prompt_ids(tokenizer, user(p)) for p in prompts[i : i + batch_prompts]]
         samples = sample(model, chunk, k, params, stop_ids={tokenizer.eos_token_id}, pad_id=tokenizer.pad_token_id,
                          generator=generator)
