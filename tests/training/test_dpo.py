@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +15,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import training.dpo as dpo
 from models.chat import prompt_ids, user
 from models.checkpoint import verify
+from tests.conftest import bon_train
 from training.dpo_config import DPOConfig
 from training.evaluate import load_policy
 from training.pairs import build_pairs
 
-REPO = Path(__file__).resolve().parents[2]
 # 64 pairs, 2 epochs of 4 steps: a learning curve in about a second.
 TINY = dict(pairs=64, eval_pairs=32, epochs=2.0, batch_size=16, lr=1e-3, warmup=1, max_length=96, eval_every=4,
             save_every=4, val_kl_samples=8, kl_samples=16, eval_prompts=4)
@@ -153,13 +150,8 @@ def test_resume_after_interruption_ends_like_an_uninterrupted_run(trained, tmp_p
 def test_two_processes_follow_the_loss_curve_of_one(trained, tmp_path: Path):
     cfg, _ = trained
     out = tmp_path / "dpo-ddp"
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "bon.cli",
-         "train", "dpo", f"--parent={cfg.parent}", f"--out={out}", *flags],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
+    done = bon_train("dpo", tiny_dpo_config(out, cfg.parent), processes=2, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
     two, one = history(out), history(cfg.out)
     assert verify(out).hyperparameters["world_size"] == 2
     assert len(two) == len(one)
