@@ -23,7 +23,7 @@ class PPOConfig:
     """Reward model scoring each full answer (read with its own tokenizer and chat template)."""
     variant: Literal["clip", "kl_penalty"] = "clip"
     """Policy loss: PPO's clipped surrogate, or the surrogate with an adaptive KL(π_old‖π) penalty."""
-    steps: int = 120
+    steps: int = 60
     """PPO iterations: sample `rollouts` answers, score them, then `epochs` passes over them."""
     rollouts: int = 64
     """Answers sampled per iteration, one per train prompt (global, split across processes)."""
