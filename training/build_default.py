@@ -12,7 +12,7 @@ from training.registry import TRAINERS
 log = logging.getLogger(__name__)
 
 BASE = ("sft", "rm")
-TUNED: tuple[str, ...] = ()
+TUNED = ("dpo", "ppo")
 
 
 def build_default(with_tuned: bool = False, force: bool = False) -> dict[str, Any]:
