@@ -20,7 +20,8 @@ CSV_FIELDS = ("loop", "concurrency", "rate", "best_of", "request_id", "start_s",
 PLOTS = ("latency_vs_best_of.png", "throughput_vs_concurrency.png", "latency_cdf.png")
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Let `write` fill a temporary sibling, then rename it over `path`: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
@@ -53,11 +54,11 @@ def write_csv(results: Sequence[PointResult], path: Path) -> None:
                         "device_source": r.device_source, "policy_version": r.policy_version,
                         "rm_version": r.rm_version,
                     })
-    _atomic(path, write)
+    write_atomic(path, write)
 
 
 def write_json(summary: dict[str, Any], path: Path) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n"))
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n"))
 
 
 def _load_label(p: dict[str, Any]) -> str:
@@ -81,7 +82,7 @@ def write_plots(points: Sequence[dict[str, Any]], results: Sequence[PointResult]
 
     def save(fig: Any, name: str) -> Path:
         fig.tight_layout()
-        _atomic(out / name, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+        write_atomic(out / name, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
         plt.close(fig)
         return out / name
 
