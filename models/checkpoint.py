@@ -144,17 +144,21 @@ def _swap_into_place(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def read_manifest(directory: Path) -> Manifest:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: no {MANIFEST}")
+def read_json_object(file: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint's file, or a `CheckpointError` saying what is wrong with it."""
+    if not file.is_file():
+        raise CheckpointError(f"{file.parent}: no {file.name}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+        raise CheckpointError(f"{file}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: a manifest is a JSON object")
-    return Manifest.from_dict(data)
+        raise CheckpointError(f"{file}: expected a JSON object")
+    return data
+
+
+def read_manifest(directory: Path) -> Manifest:
+    return Manifest.from_dict(read_json_object(Path(directory) / MANIFEST))
 
 
 def verify(directory: Path, kind: Kind | None = None) -> Manifest:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import MANIFEST, CheckpointError, Kind, Manifest, read_manifest, verify
+from models.checkpoint import MANIFEST, CheckpointError, Kind, Manifest, read_json_object, read_manifest, verify
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _MAX_DEPTH = 4
@@ -155,7 +155,7 @@ def validate_checkpoint(path: Path, kind: Kind, within: Path | None = None) -> M
     for name in manifest.files:
         if name.endswith(".safetensors"):
             check_safetensors(path / name)
-    config = _read_json(path / "config.json")
+    config = read_json_object(path / "config.json")
     tokenizer_config = _read_json_if(path / "tokenizer_config.json")
     for file, data in (("config.json", config), ("tokenizer_config.json", tokenizer_config)):
         if data.get("auto_map"):
@@ -201,20 +201,8 @@ def check_safetensors(file: Path) -> None:
                               "safetensors file)")
 
 
-def _read_json(file: Path) -> dict[str, Any]:
-    if not file.is_file():
-        raise CheckpointError(f"{file.parent}: no {file.name}")
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{file}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file}: expected a JSON object")
-    return data
-
-
 def _read_json_if(file: Path) -> dict[str, Any]:
-    return _read_json(file) if file.is_file() else {}
+    return read_json_object(file) if file.is_file() else {}
 
 
 def _check_architecture(path: Path, config: dict[str, Any], kind: Kind) -> None:
