@@ -23,8 +23,9 @@ import torch
 import torch.distributed as torch_dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from models.checkpoint import write_json_atomic
+from models.checkpoint import Kind, Manifest, write_checkpoint, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,20 @@ def load_resume(run_dir: Path, models: dict[str, torch.nn.Module], optimizer: to
     _restore_optimizer(optimizer, load_file(str(run_dir / "optimizer.safetensors")), meta["optimizer"])
     torch.set_rng_state(torch.tensor(meta["rng"]["torch"], dtype=torch.uint8))
     return RunState(step=meta["step"], history=meta["history"], extra=meta["extra"])
+
+
+def save_trained(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 history: list[dict[str, float]], *, kind: Kind, method: str, parent: str | None,
+                 hyperparameters: dict[str, Any], figures: dict[str, Any]) -> Manifest:
+    """Write a trained model, its tokenizer and its metric history as an atomic, hashed checkpoint."""
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "training_history.json").write_text(json.dumps(history))
+
+    return write_checkpoint(out, save, kind=kind, method=method, parent=parent,
+                            hyperparameters=hyperparameters, figures=figures)
 
 
 def run_dir_for(out_dir: Path) -> Path:

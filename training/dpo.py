@@ -8,7 +8,6 @@ average Σ_t log π_θ − log π_ref over them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -23,7 +22,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from models.chat import completion_ids, prompt_ids, user
-from models.checkpoint import Manifest, verify, write_checkpoint
+from models.checkpoint import Manifest, verify
 from models.sampling import SamplingParams, sample
 from training import world
 from training.common import (
@@ -40,6 +39,7 @@ from training.common import (
     progress,
     run_dir_for,
     save_resume,
+    save_trained,
     set_seed,
     wrap_ddp,
 )
@@ -264,13 +264,8 @@ def train_dpo(cfg: DPOConfig) -> Manifest | None:
         figures.update({f"sft_{k}": sft[k] for k in ("gold_reward_mean", "gold_reward_ci95", "well_formed_rate")})
         figures["gold_reward_gain"] = tuned["gold_reward_mean"] - sft["gold_reward_mean"]
 
-    def save(tmp: Path) -> None:
-        policy.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / "training_history.json").write_text(json.dumps(state.history))
-
     hyper = asdict(cfg) | {"out": str(cfg.out), "parent": str(cfg.parent), "world_size": dist.world_size}
-    manifest = write_checkpoint(cfg.out, save, kind="policy", method="dpo", parent=parent_version,
-                                hyperparameters=hyper, figures=figures)
+    manifest = save_trained(cfg.out, policy, tokenizer, state.history, kind="policy", method="dpo",
+                            parent=parent_version, hyperparameters=hyper, figures=figures)
     save_resume(run_dir, {"model": policy}, optimizer, state)
     return manifest

@@ -23,13 +23,11 @@ prompt) with a `PPOInstabilityError` that says what happened and what to change.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +44,7 @@ from transformers import (
 )
 
 from models.chat import prompt_ids, user
-from models.checkpoint import Manifest, verify, write_checkpoint
+from models.checkpoint import Manifest, verify
 from models.sampling import SamplingParams, sample
 from training import world
 from training.common import (
@@ -63,6 +61,7 @@ from training.common import (
     progress,
     run_dir_for,
     save_resume,
+    save_trained,
     set_seed,
     wrap_ddp,
 )
@@ -515,16 +514,11 @@ def train_ppo(cfg: PPOConfig) -> Manifest | None:
         figures |= {"rm_reward_mean": sampled["rm_reward"], "kl_to_sft_mean": sampled["kl"],
                     "kl_to_sft_ci95": sampled["kl_ci95"], "answer_tokens_mean": sampled["answer_tokens"]}
 
-    def save(tmp: Path) -> None:
-        policy.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / "training_history.json").write_text(json.dumps(state.history))
-
     hyper = asdict(cfg) | {"out": str(cfg.out), "parent": str(cfg.parent), "reward_model": str(cfg.reward_model),
                            "reward_model_version": verify(cfg.reward_model).version, "world_size": dist.world_size,
                            "reward_norm": [score_mean, score_std]}
-    manifest = write_checkpoint(cfg.out, save, kind="policy", method="ppo", parent=verify(cfg.parent).version,
-                                hyperparameters=hyper, figures=figures)
+    manifest = save_trained(cfg.out, policy, tokenizer, state.history, kind="policy", method="ppo",
+                            parent=verify(cfg.parent).version, hyperparameters=hyper, figures=figures)
     save_resume(run_dir, models, optimizer, state)
     return manifest
 

@@ -7,13 +7,11 @@ last non-pad token; the encoder RM from the [CLS] vector.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from importlib import resources
-from pathlib import Path
 
 import torch
 from transformers import (
@@ -26,7 +24,7 @@ from transformers import (
 )
 
 from models.chat import scored_ids, user
-from models.checkpoint import Manifest, verify, write_checkpoint
+from models.checkpoint import Manifest, verify
 from training import world
 from training.common import (
     RunState,
@@ -40,6 +38,7 @@ from training.common import (
     progress,
     run_dir_for,
     save_resume,
+    save_trained,
     set_seed,
     wrap_ddp,
 )
@@ -208,13 +207,8 @@ def train_rm(cfg: RMConfig) -> Manifest | None:
     figures = evaluate_rm(model, tokenizer, held, cfg.max_length) | {
         "train_seconds_this_run": round(time.time() - started, 1)}
 
-    def save(tmp: Path) -> None:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / "training_history.json").write_text(json.dumps(state.history))
-
     hyper = asdict(cfg) | {"out": str(cfg.out), "parent": str(cfg.parent), "world_size": dist.world_size}
-    manifest = write_checkpoint(cfg.out, save, kind="reward", method="rm", parent=verify(cfg.parent).version,
-                                hyperparameters=hyper, figures=figures)
+    manifest = save_trained(cfg.out, model, tokenizer, state.history, kind="reward", method="rm",
+                            parent=verify(cfg.parent).version, hyperparameters=hyper, figures=figures)
     save_resume(run_dir, {"model": model}, optimizer, state)
     return manifest

@@ -7,7 +7,6 @@ assistant tokens only.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from models.chat import completion_ids, prompt_ids, user
-from models.checkpoint import Manifest, write_checkpoint
+from models.checkpoint import Manifest
 from training import world
 from training.common import (
     Dist,
@@ -33,6 +32,7 @@ from training.common import (
     progress,
     run_dir_for,
     save_resume,
+    save_trained,
     set_seed,
     wrap_ddp,
 )
@@ -177,13 +177,8 @@ def train_sft(cfg: SFTConfig) -> Manifest | None:
         report = evaluate_policy(model, tokenizer, world.prompts("validation", cfg.eval_prompts, cfg.seed + 2), k=4)
         figures.update({k: report[k] for k in ("gold_reward_mean", "gold_reward_ci95", "well_formed_rate")})
 
-    def save(tmp: Path) -> None:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / "training_history.json").write_text(json.dumps(state.history))
-
     hyper = asdict(cfg) | {"out": str(cfg.out), "world_size": dist.world_size}
-    manifest = write_checkpoint(cfg.out, save, kind="policy", method="sft", parent=None,
-                                hyperparameters=hyper, figures=figures)
+    manifest = save_trained(cfg.out, model, tokenizer, state.history, kind="policy", method="sft", parent=None,
+                            hyperparameters=hyper, figures=figures)
     save_resume(run_dir, {"model": model}, optimizer, state)
     return manifest
