@@ -43,13 +43,16 @@ def judge_answers(prompts: Sequence[str], answers: Sequence[Sequence[str]]) -> d
     """Mean gold reward with a 95% CI over prompts (answers to one prompt are not independent), flaw rates."""
     per_prompt, flat, formed = [], [], []
     flaw_counts = dict.fromkeys(world.FLAWS, 0)
+    flawless = 0
     for prompt, group in zip(prompts, answers, strict=True):
         scores = [world.score(prompt, a) for a in group]
         per_prompt.append(sum(scores) / len(scores))
         flat.extend(scores)
         for a in group:
             formed.append(world.well_formed(prompt, a))
-            for flaw, present in world.detect(prompt, a).items():
+            found = world.detect(prompt, a)
+            flawless += not any(found.values())
+            for flaw, present in found.items():
                 flaw_counts[flaw] += int(present)
     mean, ci = mean_ci95(per_prompt)
     n = len(flat)
@@ -57,8 +60,7 @@ def judge_answers(prompts: Sequence[str], answers: Sequence[Sequence[str]]) -> d
         "gold_reward_mean": mean,
         "gold_reward_ci95": ci,
         "well_formed_rate": sum(formed) / n,
-        "flawless_rate": sum(1 for p, g in zip(prompts, answers, strict=True) for a in g
-                             if not any(world.detect(p, a).values())) / n,
+        "flawless_rate": flawless / n,
         "flaw_rates": {f: c / n for f, c in flaw_counts.items()},
         "n_prompts": len(prompts),
         "n_answers": n,
