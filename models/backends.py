@@ -31,6 +31,8 @@ class GenerationParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     """Strings that end a candidate; the text is cut before the first one (finish reason "stop")."""
+    ignore_eos: bool = False
+    """Keep sampling past the end-of-sequence token until `max_tokens` (fixed-length benchmarks, as in vLLM)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class PolicyBackend(Protocol):
 
     def count_prompt_tokens(self, messages: Sequence[Message]) -> int | None:
         """Prompt length in the policy's tokens, or None when only the remote server can tell."""
+        ...
+
+    def requests_running(self) -> int:
+        """Requests inside the backend now: generating or waiting for it (vLLM: the engine's own count)."""
         ...
 
     async def close(self) -> None: ...

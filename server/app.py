@@ -61,7 +61,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        return Response(_state(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        state = _state(request)
+        if state.served is not None:
+            state.metrics.publish_running({(name, e.version): e.backend.requests_running()
+                                           for name, e in state.served.policies.items()})
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:

@@ -2,17 +2,29 @@
 
 A per-app `CollectorRegistry` (not the process-global one) lets tests and embedders build several apps in one
 process. Per-request metrics carry the checkpoint versions that served the request (`version` for the policy,
-`reward_version` for the RM), so a hot swap shows up as a new series, never blended into the old one.
+`reward_version` for the RM), so a hot swap shows up as a new series, never blended into the old one. An
+in-process vLLM engine records its own `vllm:*` metrics in the process-global registry; `/metrics` appends
+those, so one scrape shows the server and its engine.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import sys
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Metric, generate_latest
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _REWARD = (-10.0, -5.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 _GAIN = (0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class _EngineMetrics:
+    """The `vllm:*` families of the process-global registry (a collector view for `generate_latest`)."""
+
+    def collect(self) -> Iterator[Metric]:
+        return (family for family in REGISTRY.collect() if family.name.startswith("vllm:"))
 
 
 class Metrics:
@@ -65,6 +77,9 @@ class Metrics:
                              ["target", "result"], registry=r)
         self.swap_duration = Histogram("bon_swap_duration_seconds", "Validate, load, warm up and switch one model",
                                        ["target"], buckets=_LATENCY, registry=r)
+        self.backend_running = Gauge("bon_policy_requests_running", "Requests inside a policy backend now (vLLM: "
+                                     "the engine's unfinished requests, one per sampled candidate)",
+                                     ["policy", "version"], registry=r)
         self.draining = Gauge("bon_models_draining", "Swapped-out models still finishing their requests", registry=r)
 
     def observe_batch(self, size: int, seconds: float, reward_version: str) -> None:
@@ -77,5 +92,14 @@ class Metrics:
             self.loaded.labels(kind="policy", name=name, version=version).set(1)
         self.loaded.labels(kind="reward", name="reward", version=reward_version).set(1)
 
+    def publish_running(self, running: dict[tuple[str, str], int]) -> None:
+        """Requests inside each served policy's backend, by (policy, version), read at scrape time."""
+        self.backend_running.clear()
+        for (policy, version), count in running.items():
+            self.backend_running.labels(policy=policy, version=version).set(count)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        text = generate_latest(self.registry)
+        if "vllm" in sys.modules:
+            text += generate_latest(_EngineMetrics())  # type: ignore[arg-type]
+        return text

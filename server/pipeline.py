@@ -165,7 +165,7 @@ def plan_request(req: p.ChatCompletionRequest | p.CompletionRequest, endpoint: E
     if len(stop) > MAX_STOP_STRINGS:
         raise invalid(f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
     params = GenerationParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
-                              top_p=1.0 if req.top_p is None else req.top_p, stop=stop)
+                              top_p=1.0 if req.top_p is None else req.top_p, stop=stop, ignore_eos=req.ignore_eos)
     return Plan(endpoint=endpoint, policy=req.model, messages=_messages(req), n=n, best_of=best_of, params=params,
                 seed=req.seed if req.seed is not None else random.SystemRandom().randrange(2**63),
                 selection=req.selection, selection_temperature=req.selection_temperature,

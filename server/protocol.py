@@ -2,7 +2,8 @@
 
 Requests tolerate unknown fields (they are logged and ignored); OpenAI fields this server cannot honour
 (`logprobs`, `tools`, `response_format`...) are refused with a 400 rather than silently dropped. Best-of-N
-request fields sit after the OpenAI ones: `best_of`, `return_candidates`, `selection`, `selection_temperature`.
+request fields sit after the OpenAI ones: `best_of`, `return_candidates`, `selection`, `selection_temperature`,
+and vLLM's `ignore_eos`.
 Every response carries one `bon` object (`BonInfo`) with the rewards, optional candidates, timings and the
 checkpoint versions that served it.
 """
@@ -55,6 +56,8 @@ class BonRequestFields(OpenAIModel):
     """How the returned choices are picked among the candidates: argmax, weighted_vote or soft."""
     selection_temperature: float = Field(default=1.0, gt=0)
     """tau of the soft strategy: P(candidate) is proportional to exp(reward / tau)."""
+    ignore_eos: bool = False
+    """vLLM's sampling extension: sample past the end-of-sequence token up to max_tokens (fixed-length runs)."""
 
 
 class ChatCompletionRequest(BonRequestFields):

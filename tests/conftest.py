@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import subprocess
 import sys
@@ -61,6 +62,18 @@ def tiny_rm(checkpoint_root: Path, tiny_sft: Path) -> Path:
     out = checkpoint_root / "rm"
     train_rm(tiny_rm_config(out, tiny_sft))
     return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the `vllm` tests where vLLM is not installed, unless BON_REQUIRE_VLLM says they must run."""
+    if importlib.util.find_spec("vllm") is not None:
+        return
+    if os.environ.get("BON_REQUIRE_VLLM"):
+        raise pytest.UsageError("BON_REQUIRE_VLLM is set but vLLM is not installed (make install-vllm)")
+    skip = pytest.mark.skip(reason="needs vLLM: make test-vllm installs its CPU build")
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)
 
 
 def config_flags(cfg: object) -> list[str]:

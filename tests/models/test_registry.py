@@ -104,7 +104,7 @@ def build_swap_root(tiny: Path, root: Path) -> Path:
     derive(sft, root / "bad/tokenizer", "dpo", _grow_tokenizer)
     derive(sft, root / "bad/no-chat-template", "dpo", _drop_chat_template)
     derive(sft, root / "bad/remote-code", "dpo", _edit_config(auto_map={"AutoModelForCausalLM": "evil.Model"}))
-    derive(sft, root / LOAD_FAILS, "dpo", _edit_config(hidden_size=64, intermediate_size=128))
+    derive(sft, root / LOAD_FAILS, "dpo", _edit_config(hidden_size=128, intermediate_size=256))
 
     def link_weights_outside(tmp: Path) -> None:
         (tmp / WEIGHTS).unlink()

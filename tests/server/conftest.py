@@ -27,7 +27,7 @@ from training.sft_config import ModelShape
 from training.tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
-SHAPE = ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+SHAPE = ModelShape(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                    max_position_embeddings=256, vocab_size=400)
 
 _SUBJECTS = ["my teddy bear", "the small dog", "a red kite", "my little sister", "the old cat", "our garden"]
@@ -141,7 +141,7 @@ def launch_server(checkpoints: Path, log_dir: Path, *args: str, command: tuple[s
     port = free_port()
     log = log_dir / f"server-{port}.log"
     env = {**os.environ, "BON_CHECKPOINTS": str(checkpoints), "BON_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+           "TOKENIZERS_PARALLELISM": "false", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen([*command, "--port", str(port), *args], cwd=REPO, env=env,
                                stdout=log.open("wb"), stderr=subprocess.STDOUT)
     return Server(f"http://127.0.0.1:{port}", process, log)

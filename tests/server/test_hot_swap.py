@@ -52,6 +52,9 @@ class GatedPolicy:
     def count_prompt_tokens(self, messages):
         return self.inner.count_prompt_tokens(messages)
 
+    def requests_running(self):
+        return self.inner.requests_running()
+
     async def generate(self, *args):
         self.entered.set()
         await self.release.wait()
