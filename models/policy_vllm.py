@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import multiprocessing
 import os
 import threading
 import uuid
@@ -56,6 +57,9 @@ def _size_engine(engine_args: dict[str, Any], engines: int, on_cpu: bool) -> dic
     if on_cpu:
         if "kv_cache_memory_bytes" not in sized and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             sized["kv_cache_memory_bytes"] = _CPU_KV_CACHE_BYTES // engines
+        # One process per engine: the CPU build would otherwise start a worker process beside the engine core,
+        # which costs another interpreter (~0.7 GB and seconds per start) for no parallelism at one rank.
+        sized.setdefault("distributed_executor_backend", "uni")
     elif engines > 1 and "gpu_memory_utilization" not in sized:
         # vLLM checks its share against the memory free when it starts: leave room for the engines to come.
         sized["gpu_memory_utilization"] = round(_VLLM_DEFAULT_UTILIZATION / engines, 3)
@@ -89,8 +93,13 @@ class VLLMPolicy:
                                     **spec.options.get("engine_args", {})},
                                    int(spec.options.get("engines", 1)), current_platform.is_cpu())
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(spec.path), **engine_args))
-        tokenizer = AutoTokenizer.from_pretrained(str(spec.path), trust_remote_code=False)
-        return cls(spec.name, engine, tokenizer, version, engine.model_config.max_model_len)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(spec.path), trust_remote_code=False)
+            return cls(spec.name, engine, tokenizer, version, engine.model_config.max_model_len)
+        finally:
+            # Something in vLLM keeps this frame alive after it returns, and with it this reference: without the
+            # `del`, the engine outlives `close` and shuts down a second time, failing, at interpreter exit.
+            del engine
 
     def _prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         with self._tokenizer_lock:
@@ -141,8 +150,15 @@ class VLLMPolicy:
         if self.engine is None:
             return
         engine, self.engine = self.engine, None
-        engine.shutdown()
+        # Stop reading the engine's outputs first, so that its exit is not reported as an engine failure.
+        handler = getattr(engine, "output_handler", None)
+        if handler is not None:
+            handler.cancel()
+            await asyncio.gather(handler, return_exceptions=True)
+        # Shutting down waits for the engine's processes (seconds): off the event loop, which keeps serving.
+        await asyncio.to_thread(engine.shutdown)
         # AsyncLLM shuts down again when collected; collect it now, while the modules it needs are still loaded
         # (at interpreter exit they are gone and its __del__ raises).
-        del engine
+        del engine, handler
         gc.collect()
+        multiprocessing.active_children()  # reaps the engine's exited processes, so that no zombie is left

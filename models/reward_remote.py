@@ -2,9 +2,15 @@
 
 Each candidate goes as vLLM's chat form, `{"model", "messages": [..., assistant answer], "use_activation":
 false}`, so the remote server renders its own RM's chat template and returns the raw score, not a sigmoid of it:
-`/classify` answers `{"data": [{"probs": [score], ...}]}`, `/pooling` answers `{"data": [{"data": [score]}]}`.
-The chat form takes one conversation per call, so a batch is sent as concurrent calls; the remote server
-batches them again on its side.
+`/classify` answers `{"data": [{"probs": [score], ...}], "usage": ...}`, `/pooling` answers
+`{"data": [{"data": [score]}], "usage": ...}`. The chat form takes one conversation per call, so a batch is sent
+as concurrent calls; the remote server batches them again on its side.
+
+`use_activation: false` is what keeps the Bradley-Terry score raw. vLLM 0.32 (checked against
+`vllm serve RM --runner pooling`, tests/models/test_reward_vllm.py) otherwise applies the pooler's default
+activation on both endpoints: a sigmoid for a one-label model, unless the RM's config says
+`problem_type: regression` (bon's RM trainer writes it), which vLLM maps to the identity. A bon server's
+`/classify` behaves the same way.
 """
 
 from __future__ import annotations

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from models.backends import Message
 from server import pipeline
 from server import protocol as p
 from server.admin import install_admin
@@ -25,6 +26,31 @@ from server.state import ServerState
 
 def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+def _identity(x: float) -> float:
+    return x
+
+
+def classify_activation(config: object | None) -> Callable[[float], float]:
+    """What vLLM 0.32's `/classify` applies to a one-label model's score unless the request says
+    `use_activation: false`, for this Hugging Face config (None: the RM's config is not here, as for a remote RM).
+
+    vLLM (`model_executor/layers/pooler/activations.py`, `get_act_fn`) follows transformers' loss for the config's
+    `problem_type`: `regression` is the identity (the raw score even with `use_activation: true`; bon's RM trainer
+    sets it); any other one-label model gets a sigmoid.
+    """
+    return _identity if getattr(config, "problem_type", None) == "regression" else _sigmoid
+
+
+def _classify_item(reward: object, conversation: list[Message], answer: str) -> tuple[object | None, int]:
+    """The RM's config and the tokens it reads for this item, where the backend holds them (hf); a remote RM's
+    config and tokens are on its server: (None, 0), and vLLM's generic one-label default (a sigmoid) applies."""
+    model, encode = getattr(reward, "model", None), getattr(reward, "encode", None)
+    config = getattr(model, "config", None)
+    # One short tokenization on the event loop, as the pipeline's prompt-length check does for the policy.
+    tokens = len(encode([(conversation, answer)])[0]) if callable(encode) else 0
+    return config, tokens
 
 
 def _state(request: Request) -> ServerState:
@@ -88,7 +114,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/classify")
     async def classify(request: Request) -> JSONResponse:
-        """vLLM's `/classify` (chat form) over the reward model, batched with the Best-of-N scoring."""
+        """vLLM 0.32's `/classify` (chat form) over the reward model, batched with the Best-of-N scoring: the same
+        fields, `usage` included, and the same default activation (`classify_activation`)."""
         state = _state(request)
         pipeline.authorize(state.settings, request)
         pipeline.require_ready(state)
@@ -96,12 +123,16 @@ def create_app(settings: Settings) -> FastAPI:
         *conversation, answer = req.messages
         if answer.role != "assistant":
             raise APIError(400, "the last message must be the assistant answer to score", param="messages")
+        messages, text = pipeline.to_messages(conversation), answer.text()
         served = pipeline.require_ready(state)  # leased before the next await, like a completion's models
         with state.leases.hold(served.reward):
-            (score,) = await served.scorer.score([(pipeline.to_messages(conversation), answer.text())])
-        value = score if req.use_activation is False else _sigmoid(score)
-        return JSONResponse({"id": p.new_id("classify"), "object": "list", "created": int(time.time()),
-                             "model": req.model or "reward", "data": [
-                                 {"index": 0, "label": "reward", "probs": [value], "num_classes": 1}]})
+            config, tokens = _classify_item(served.reward, messages, text)
+            activation = _identity if req.use_activation is False else classify_activation(config)
+            (score,) = await served.scorer.score([(messages, text)])
+        id2label = getattr(config, "id2label", None) or {}
+        response = p.ClassifyResponse(model=req.model or "reward", data=[
+            p.ClassifyData(index=0, label=id2label.get(0), probs=[activation(score)], num_classes=1)],
+            usage=p.ClassifyUsage(prompt_tokens=tokens, total_tokens=tokens))
+        return JSONResponse(response.model_dump(mode="json"))
 
     return app

@@ -97,7 +97,38 @@ class ClassifyRequest(OpenAIModel):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=2)
     use_activation: bool | None = None
-    """As in vLLM: a sigmoid of the score unless false; bon's remote reward backend sends false (raw score)."""
+    """As in vLLM 0.32: false is the raw score; unset or true is the RM's default activation, a sigmoid for a
+    one-label model unless its config's `problem_type` is `regression` (then the raw score either way).
+    bon's remote reward backend sends false."""
+
+
+class ClassifyUsage(BaseModel):
+    """vLLM's `UsageInfo` as its `/classify` fills it: the scored tokens are all prompt tokens."""
+
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int = 0
+    prompt_tokens_details: None = None
+    completion_tokens_details: None = None
+
+
+class ClassifyData(BaseModel):
+    index: int
+    label: str | None
+    """The config's `id2label[0]` (`LABEL_0` unless renamed), as vLLM; null when the RM's config is not here."""
+    probs: list[float]
+    num_classes: int
+
+
+class ClassifyResponse(BaseModel):
+    """vLLM 0.32's `ClassificationResponse`, field for field."""
+
+    id: str = Field(default_factory=lambda: new_id("classify"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[ClassifyData]
+    usage: ClassifyUsage
 
 
 # Responses

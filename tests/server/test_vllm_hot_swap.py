@@ -1,0 +1,142 @@
+"""Hot swap on the vLLM backend, with real engines (vLLM's CPU build in CI): DPO -> PPO, then a rollback to DPO,
+under steady load fail no request, each swap builds a second engine beside the serving one, and the old
+engine's processes exit and give their memory back once its last request is answered."""
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+from models.checkpoint import read_manifest
+from tests.models.test_registry import build_swap_root
+from tests.server.conftest import launch_server
+
+pytestmark = pytest.mark.vllm
+
+KEY = "vllm-swap-key"
+PROMPT = [{"role": "user", "content": "Can you suggest an activity for the old cat?"}]
+CLIENTS = 4
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def engine_processes(pid: int) -> set[int]:
+    """The server's vLLM engine processes (engine core and workers name themselves VLLM::...)."""
+    found = set()
+    for process in tree(pid)[1:]:
+        try:
+            if process.cmdline()[:1] and process.cmdline()[0].startswith("VLLM::"):
+                found.add(process.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def running(pids: set[int]) -> list[int]:
+    """Those of `pids` still running (a killed child the server has not reaped yet counts as running)."""
+    return [p for p in pids if psutil.pid_exists(p)]
+
+
+def tree_rss(pid: int) -> int:
+    total = 0
+    for process in tree(pid):
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+class RSSPeak:
+    """The largest resident size of the server's process tree while a block runs."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self.pid))
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> "RSSPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+async def _steady_load(url: str, stop: asyncio.Event, answers: list[tuple[int, str]]) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        while not stop.is_set():
+            response = await client.post("/v1/chat/completions", json={
+                "model": "live", "messages": PROMPT, "max_tokens": 8, "best_of": 4})
+            version = response.json()["bon"]["policy_version"] if response.status_code == 200 else response.text
+            answers.append((response.status_code, version))
+
+
+def test_dpo_ppo_swaps_and_rollback_under_load_fail_nothing_and_free_the_old_engine(tiny_checkpoints, log_dir,
+                                                                                       tmp_path_factory):
+    root = build_swap_root(tiny_checkpoints, tmp_path_factory.mktemp("vllm-swap-root"))
+    versions = {name: read_manifest(root / name).version for name in ("dpo", "ppo")}
+    server = launch_server(root, log_dir, "--policy-backend", "vllm", "--vllm-engine-args", '{"enforce_eager": true}',
+                           "--admin-key", KEY, "--policy", f"live={root / 'dpo'}", "--max-in-flight", "16",
+                           "--default-max-tokens", "8")
+    admin = {"Authorization": f"Bearer {KEY}"}
+    figures: list[dict] = []
+    try:
+        server.wait(timeout_s=300)
+        pid = server.process.pid
+
+        async def run() -> list[tuple[int, str]]:
+            answers: list[tuple[int, str]] = []
+            stop = asyncio.Event()
+            load = [asyncio.create_task(_steady_load(server.url, stop, answers)) for _ in range(CLIENTS)]
+            async with httpx.AsyncClient(base_url=server.url, timeout=300, headers=admin) as client:
+                for action, expect in (("ppo", "ppo"), ("rollback", "dpo")):
+                    await asyncio.sleep(1.0)  # answers on the serving engine before each swap
+                    old_engine = engine_processes(pid)
+                    assert old_engine, "the serving engine runs in processes of its own"
+                    rss_before = tree_rss(pid)
+                    with RSSPeak(pid) as peak:
+                        if action == "rollback":
+                            response = await client.post("/admin/policies/live/rollback")
+                        else:
+                            response = await client.post("/admin/policies/live", json={"checkpoint": action})
+                        assert response.status_code == 200, response.text
+                        assert response.json()["version"] == versions[expect]
+                        # The old engine is closed after its last request; its processes then exit.
+                        deadline = time.monotonic() + 60
+                        while running(old_engine) and time.monotonic() < deadline:
+                            await asyncio.sleep(0.1)
+                    assert not running(old_engine), f"processes of the old engine still run: {running(old_engine)}"
+                    await asyncio.sleep(1.0)  # answers on the new engine after each swap
+                    figures.append({"swap": action, "seconds": response.json()["timings"],
+                                    "rss_before_mib": rss_before >> 20, "rss_peak_mib": peak.peak >> 20,
+                                    "rss_after_mib": tree_rss(pid) >> 20})
+            stop.set()
+            await asyncio.gather(*load)
+            return answers
+
+        answers = asyncio.run(run())
+    finally:
+        server.stop()
+    print(json.dumps(figures, indent=1))
+    failed = [a for a in answers if a[0] != 200]
+    assert not failed, failed[:5]
+    served = {version for _, version in answers}
+    assert served == set(versions.values())
+    for swap in figures:
+        # Two engines ran side by side during the swap; afterwards the tree holds one again.
+        engine_rss = swap["rss_peak_mib"] - swap["rss_before_mib"]
+        assert engine_rss > 100, swap
+        assert swap["rss_after_mib"] < swap["rss_before_mib"] + engine_rss / 2, swap
