@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                    help="stream (SSE: measures TTFT and inter-token latency) or not")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="sample past end-of-sequence up to --max-tokens (vLLM's field; bon serve takes it too): "
+                   "every answer as long, so that two servers are compared on the same work")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--prompts", choices=["builtin", "world"], default="builtin",
                    help="built-in short prompts, or the embedded world's test split (needs training.world)")
@@ -58,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="output directory (default runs/loadtest-<timestamp>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--compare", nargs=2, default=None, metavar=("RUN", "RUN"),
+                   help="send nothing: put two earlier runs side by side (their --out directories or summary.json, "
+                   "NAME=PATH names one), e.g. bon serve against vllm serve with --mode vllm-n; writes compare.json "
+                   "and compare_latency_vs_best_of.png to --out")
 
 
 def chat_url(url: str) -> str:
@@ -79,11 +86,31 @@ def _first_model(url: str, headers: dict[str, str], timeout: float) -> str:
         raise SystemExit(f"bon loadtest: no model from GET {models_url} ({exc}); pass --model") from exc
 
 
+def check_points(mode: str, points: list[dict[str, Any]]) -> list[str]:
+    """What says the server did not do what the mode asked: an answer to best_of=N without our `bon` object (a
+    plain vLLM server ignores best_of and samples once), or fewer or more than n choices at n=N."""
+    warnings = []
+    for p in points:
+        if not p["answered"]:
+            continue
+        if mode == "bon" and p["best_of"] > 1 and not p["answers_with_extension"]:
+            warnings.append(f"best_of={p['best_of']}: no answer carried the `bon` object, so the server may have "
+                            "ignored best_of (plain vLLM does: drive it with --mode vllm-n)")
+        elif mode == "vllm-n" and p["choices_per_answer"] != p["best_of"]:
+            warnings.append(f"n={p['best_of']}: {p['choices_per_answer']:g} choices per answer, not {p['best_of']}")
+    return warnings
+
+
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     """Run the sweep the flags describe, write the files, and return the summary (what summary.json holds)."""
     import asyncio
     import logging
     import random
+
+    if args.compare:
+        from loadtest.compare import compare_runs
+
+        return compare_runs(args.compare, args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
 
     from loadtest import prompts
     from loadtest.report import point_fields, write_csv, write_json, write_plots
@@ -104,24 +131,28 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     random.Random(args.seed).shuffle(messages)
 
     config = LoadConfig(url=url, model=model, prompts=messages, mode=args.mode, stream=args.stream,
-                        max_tokens=args.max_tokens, temperature=args.temperature, requests=args.requests,
-                        duration=args.duration, timeout=args.timeout, headers=headers, extra=args.extra_body,
-                        seed=args.seed)
+                        max_tokens=args.max_tokens, temperature=args.temperature, ignore_eos=args.ignore_eos,
+                        requests=args.requests, duration=args.duration, timeout=args.timeout, headers=headers,
+                        extra=args.extra_body, seed=args.seed)
     points = sweep_points(args.best_of, args.concurrency, args.rate)
     results = asyncio.run(run_sweep(config, points, show_progress=not args.no_progress))
 
     out = args.out or Path("runs") / f"loadtest-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     rows = [{**point_fields(r.point), **summarize(r.records, r.wall, args.slo)} for r in results]
+    warnings = check_points(args.mode, rows)
+    for warning in warnings:
+        logging.getLogger("loadtest").warning("%s", warning)
     summary: dict[str, Any] = {
         "config": {"url": url, "model": model, "mode": args.mode, "stream": args.stream,
                    "loop": "open" if args.rate else "closed", "best_of": args.best_of,
                    "concurrency": None if args.rate else args.concurrency, "rate": args.rate,
                    "requests": args.requests, "duration": args.duration, "timeout": args.timeout, "slo": args.slo,
-                   "max_tokens": args.max_tokens, "temperature": args.temperature, "prompts": len(messages),
-                   "extra_body": args.extra_body, "seed": args.seed,
+                   "max_tokens": args.max_tokens, "ignore_eos": args.ignore_eos, "temperature": args.temperature,
+                   "prompts": len(messages), "extra_body": args.extra_body, "seed": args.seed,
                    "percentile_method": "linear interpolation (numpy 'linear', Hyndman-Fan type 7)"},
         "points": rows,
+        "warnings": warnings,
         "out": str(out),
         "files": ["requests.csv", "summary.json", *(p.name for p in write_plots(rows, results, out))],
     }

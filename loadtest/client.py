@@ -28,6 +28,9 @@ class RequestSpec:
     stream: bool = True
     max_tokens: int = 64
     temperature: float = 1.0
+    ignore_eos: bool = False
+    """Sample past end-of-sequence up to max_tokens (vLLM's extension, which our server accepts too), so that every
+    answer is as long and two servers are compared on the same work. Sent only when set: not every server knows it."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Further body fields sent as they are (e.g. `return_candidates`)."""
 
@@ -40,6 +43,8 @@ class RequestSpec:
             body["best_of"] = self.best_of
         else:
             body["n"] = self.best_of
+        if self.ignore_eos:
+            body["ignore_eos"] = True
         if self.stream:
             body["stream_options"] = {"include_usage": True}
         return {**body, **self.extra}
@@ -66,6 +71,12 @@ class RequestRecord:
     """Tokens in the returned choices (`usage.completion_tokens`)."""
     generated_tokens: int | None = None
     """Tokens generated for all candidates: `bon.candidate_tokens`, else `usage.completion_tokens`."""
+    choices: int | None = None
+    """Choices returned (distinct `index` values): n of vLLM's n=N, the top n of our server's best_of."""
+    finish_reasons: list[str] = field(default_factory=list)
+    """The returned choices' finish reasons ("length", "stop", ...), in index order."""
+    extension: bool = False
+    """Whether the answer carried our `bon` object (a server that ignores best_of sends none)."""
     reward: float | None = None
     """Mean of `bon.rewards` over the returned choices (the selected answer's reward when one is returned)."""
     queue_s: float | None = None
@@ -92,6 +103,7 @@ def _read_bon(record: RequestRecord, payload: dict[str, Any]) -> None:
     ext = payload.get("bon")
     if not isinstance(ext, dict):
         return
+    record.extension = True
     if ext.get("candidate_tokens") is not None:
         record.generated_tokens = int(ext["candidate_tokens"])
     rewards = [float(r) for r in ext.get("rewards") or [] if r is not None]
@@ -104,6 +116,17 @@ def _read_bon(record: RequestRecord, payload: dict[str, Any]) -> None:
             setattr(record, f"{key}_s", float(value))
     record.policy_version = str(ext.get("policy_version") or record.policy_version)
     record.rm_version = str(ext.get("reward_model_version") or ext.get("rm_version") or record.rm_version)
+
+
+def _read_choices(record: RequestRecord, choices: list[dict[str, Any]], finished: dict[int, str | None]) -> None:
+    """Count the choices of a response, or of a stream so far, and their finish reasons: a stream sends each
+    choice's reason once, on its last chunk, and with n > 1 interleaves the choices' chunks."""
+    for choice in choices:
+        index = int(choice.get("index") or 0)
+        if choice.get("finish_reason") or index not in finished:
+            finished[index] = choice.get("finish_reason")
+    record.choices = len(finished)
+    record.finish_reasons = [str(finished[i]) for i in sorted(finished) if finished[i]]
 
 
 def _finish(record: RequestRecord) -> None:
@@ -120,6 +143,7 @@ async def _read_stream(response: httpx.Response, record: RequestRecord, sent: fl
     (with n > 1, vLLM interleaves the choices' chunks), usage at the end."""
     last: dict[int, float] = {}
     content_chunks = 0
+    finished: dict[int, str | None] = {}
     async for line in response.aiter_lines():
         if not line.startswith("data:"):
             continue
@@ -131,6 +155,7 @@ async def _read_stream(response: httpx.Response, record: RequestRecord, sent: fl
         if "error" in chunk:
             record.status, record.error = "stream_error", str(chunk["error"])[:200]
             return
+        _read_choices(record, chunk.get("choices") or [], finished)
         for choice in chunk.get("choices") or []:
             if not (choice.get("delta") or {}).get("content"):
                 continue
@@ -163,6 +188,7 @@ async def send(client: httpx.AsyncClient, url: str, spec: RequestSpec, record: R
                     payload = json.loads(await response.aread())
                     if not payload.get("choices"):
                         raise ValueError("no choices in the response")
+                    _read_choices(record, payload["choices"], {})
                     _read_bon(record, payload)
         record.latency = time.perf_counter() - sent
     except (TimeoutError, httpx.TimeoutException):

@@ -15,8 +15,9 @@ import numpy as np
 from loadtest.runner import Point, PointResult
 
 CSV_FIELDS = ("loop", "concurrency", "rate", "best_of", "request_id", "start_s", "status", "error", "latency_s",
-              "ttft_s", "itl_mean_s", "itl_max_s", "prompt_tokens", "completion_tokens", "generated_tokens", "reward",
-              "queue_s", "sample_s", "score_s", "device_seconds", "device_source", "policy_version", "rm_version")
+              "ttft_s", "itl_mean_s", "itl_max_s", "prompt_tokens", "completion_tokens", "generated_tokens", "choices",
+              "finish_reasons", "reward", "queue_s", "sample_s", "score_s", "device_seconds", "device_source",
+              "policy_version", "rm_version")
 PLOTS = ("latency_vs_best_of.png", "throughput_vs_concurrency.png", "latency_cdf.png")
 
 
@@ -49,7 +50,8 @@ def write_csv(results: Sequence[PointResult], path: Path) -> None:
                         "itl_mean_s": float(np.mean(r.itls)) if r.itls else None,
                         "itl_max_s": max(r.itls) if r.itls else None,
                         "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                        "generated_tokens": r.generated_tokens, "reward": r.reward, "queue_s": r.queue_s,
+                        "generated_tokens": r.generated_tokens, "choices": r.choices,
+                        "finish_reasons": ";".join(r.finish_reasons), "reward": r.reward, "queue_s": r.queue_s,
                         "sample_s": r.sample_s, "score_s": r.score_s, "device_seconds": r.device_seconds,
                         "device_source": r.device_source, "policy_version": r.policy_version,
                         "rm_version": r.rm_version,
@@ -136,7 +138,11 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """One line per sweep point, then where the files went."""
+    """One line per sweep point, then the warnings and where the files went (a comparison has its own table)."""
+    if summary.get("kind") == "compare":
+        from loadtest.compare import format_compare  # it imports this module
+
+        return format_compare(summary)
     head = (f"{'loop':6} {'load':>8} {'N':>3} {'sent':>5} {'ok':>5} {'err%':>5} {'p50 s':>7} {'p95 s':>7} "
             f"{'p99 s':>7} {'ttft50':>7} {'ans/s':>7} {'good/s':>7} {'gen tok/s':>9} {'dev-s/ans':>9} {'gen/ret':>7}")
     lines = [head]
@@ -154,5 +160,6 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append(f"goodput: answers with latency <= {summary['config']['slo']} s; device-seconds from: "
                  + (", ".join(sorted(sources)) or "-")
                  + " (timings = server-reported sample + score; latency = end to end, an upper bound)")
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     lines.append(f"wrote {summary['out']}: " + ", ".join(summary["files"]))
     return "\n".join(lines)

@@ -51,6 +51,7 @@ class LoadConfig:
     stream: bool = True
     max_tokens: int = 64
     temperature: float = 1.0
+    ignore_eos: bool = False
     requests: int = 50
     duration: float = 30.0
     timeout: float = 60.0
@@ -76,7 +77,7 @@ class PointResult:
 def _spec(config: LoadConfig, point: Point, i: int) -> RequestSpec:
     return RequestSpec(model=config.model, messages=config.prompts[i % len(config.prompts)], best_of=point.best_of,
                        mode=config.mode, stream=config.stream, max_tokens=config.max_tokens,
-                       temperature=config.temperature, extra=dict(config.extra))
+                       temperature=config.temperature, ignore_eos=config.ignore_eos, extra=dict(config.extra))
 
 
 async def _closed(client: httpx.AsyncClient, config: LoadConfig, point: Point, t0: float,

@@ -39,6 +39,8 @@ def summarize(records: Sequence[RequestRecord], wall: float, slo: float) -> dict
     Throughput and goodput divide by `wall`, the point's duration. Goodput counts answered requests with
     latency ≤ `slo` seconds. Device-seconds per answer is the mean of the records' `device_seconds`; its source
     is "timings" (server-reported sample + score time), "latency" (end to end, an upper bound) or "mixed".
+    Choices per answer, the returned choices' finish reasons and the answers that carried our `bon` object show
+    whether the server did what the mode asks (vLLM ignores best_of; a server may return fewer than n choices).
     """
     ok = [r for r in records if r.ok]
     latencies = [r.latency for r in ok if r.latency is not None]
@@ -47,6 +49,7 @@ def summarize(records: Sequence[RequestRecord], wall: float, slo: float) -> dict
     device = [r.device_seconds for r in ok if r.device_seconds is not None]
     sources = {r.device_source for r in ok}
     rewards = [r.reward for r in ok if r.reward is not None]
+    choices = [r.choices for r in ok if r.choices is not None]
     wall = max(wall, 1e-9)
     summary: dict[str, Any] = {
         "sent": len(records),
@@ -65,6 +68,9 @@ def summarize(records: Sequence[RequestRecord], wall: float, slo: float) -> dict
         "generated_tokens_per_answer": generated / len(ok) if ok else None,
         "returned_tokens_per_answer": returned / len(ok) if ok else None,
         "generated_per_returned_token": generated / returned if returned else None,
+        "choices_per_answer": float(np.mean(choices)) if choices else None,
+        "finish_reasons": dict(sorted(Counter(reason for r in ok for reason in r.finish_reasons).items())),
+        "answers_with_extension": sum(r.extension for r in ok),
         "device_seconds_per_answer": float(np.mean(device)) if device else None,
         "device_seconds_source": sources.pop() if len(sources) == 1 else ("mixed" if sources else None),
         "reward_mean": float(np.mean(rewards)) if rewards else None,

@@ -7,13 +7,18 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from training.rm_config import RMConfig
 from training.sft_config import ModelShape, SFTConfig
+
+if TYPE_CHECKING:
+    from tests.server.conftest import Server
 
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +49,34 @@ def tiny_sft(checkpoint_root: Path) -> Path:
     out = checkpoint_root / "sft"
     train_sft(tiny_sft_config(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny policy and RM that servers load in seconds (`tests.server.conftest.build_tiny_checkpoints`)."""
+    from tests.server.conftest import build_tiny_checkpoints
+
+    return build_tiny_checkpoints(tmp_path_factory.mktemp("bon-checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("server-logs")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_checkpoints: Path, log_dir: Path) -> Iterator[Server]:
+    """`bon serve --policy-backend vllm` of the tiny checkpoints, shared by the vLLM tests (one engine start)."""
+    from tests.server.conftest import launch_server
+
+    # Eager mode: torch.compile would add a minute to each engine start on 2 cores and gain nothing at this size.
+    server = launch_server(tiny_checkpoints, log_dir, "--policy-backend", "vllm", "--vllm-engine-args",
+                           '{"enforce_eager": true}', "--max-best-of", "32", "--max-in-flight", "16",
+                           "--max-prompt-tokens", "4096", "--default-best-of", "4")
+    try:
+        yield server.wait(timeout_s=300)
+    finally:
+        server.stop()
 
 
 def tiny_rm_config(out: Path, parent: Path, **overrides: object) -> RMConfig:

@@ -29,6 +29,27 @@ def test_mode_decides_whether_best_of_or_n_is_sent(mode, field):
     assert body[field] == 8 and ({"best_of", "n"} - {field}).isdisjoint(body)
     assert body["stream_options"] == {"include_usage": True} and body["return_candidates"] is True
     assert "stream_options" not in RequestSpec(model="m", messages=MESSAGES, best_of=1, stream=False).body()
+    assert "ignore_eos" not in body  # only when asked: a server may refuse fields it does not know
+    assert RequestSpec(model="m", messages=MESSAGES, best_of=1, ignore_eos=True).body()["ignore_eos"] is True
+
+
+def test_a_stream_of_interleaved_choices_gives_their_count_and_finish_reasons():
+    # as vLLM 0.32 streams n=2: a role chunk per choice, empty deltas while a token is not yet printable, the last
+    # token riding on its choice's finish chunk, and usage (all choices' tokens) in a chunk of its own
+    def chunk(index: int | None = None, usage: dict | None = None, **delta: object) -> str:
+        reason = delta.pop("finish_reason", None)
+        choices = [] if index is None else [{"index": index, "delta": delta, "finish_reason": reason}]
+        return "data: " + json.dumps({"choices": choices, **({"usage": usage} if usage else {})}) + "\n\n"
+
+    events = [chunk(0, role="assistant", content=""), chunk(1, role="assistant", content=""),
+              chunk(0, content="A"), chunk(1, content=""), chunk(0, content="", finish_reason="stop"),
+              chunk(1, content="b", finish_reason="length"), chunk(usage={"prompt_tokens": 4, "completion_tokens": 5}),
+              "data: [DONE]\n\n"]
+    r = _send(lambda request: httpx.Response(200, text="".join(events)),
+              RequestSpec(model="m", messages=MESSAGES, best_of=2, mode="vllm-n"))
+    assert (r.status, r.choices, r.finish_reasons, r.completion_tokens, r.generated_tokens) == (
+        "200", 2, ["stop", "length"], 5, 5)
+    assert r.extension is False and r.ttft is not None
 
 
 def test_bon_extension_with_short_timing_names_gives_device_seconds():
@@ -42,6 +63,7 @@ def test_bon_extension_with_short_timing_names_gives_device_seconds():
     r = _send(handler, RequestSpec(model="m", messages=MESSAGES, best_of=8, stream=False))
     assert (r.status, r.completion_tokens, r.generated_tokens, r.reward, r.rm_version) == ("200", 2, 16, 1.5, "rm1")
     assert (r.device_seconds, r.device_source, r.queue_s) == (0.375, "timings", 0.5)
+    assert (r.choices, r.finish_reasons, r.extension) == (1, ["stop"], True)
 
 
 def test_without_the_extension_usage_and_latency_stand_in():

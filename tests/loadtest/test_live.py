@@ -119,6 +119,8 @@ def test_vllm_n_mode_sends_n_and_falls_back_to_usage_and_latency(server, tmp_pat
     assert p["sent"] == 6 and p["errors_by_status"] == {"429": 1}
     assert p["generated_tokens_per_answer"] == 3 * fake.TOKENS  # all n choices returned
     assert p["generated_per_returned_token"] == 1.0
+    assert p["choices_per_answer"] == 3 and p["finish_reasons"] == {"length": 3 * p["answered"]}
+    assert p["answers_with_extension"] == 0 and summary["warnings"] == []
     assert p["device_seconds_source"] == "latency"
     assert p["device_seconds_per_answer"] == pytest.approx(p["latency_s_mean"])
     assert p["itl_s_p50"] >= fake.ITL / 2  # gaps within a choice, not between the interleaved choices' chunks
@@ -146,3 +148,24 @@ def test_duration_bounds_a_point_before_its_request_count(server, tmp_path):
     assert 2 <= p["sent"] < 100
     assert p["sent"] == p["answered"] + p["errors"] == len(_rows(tmp_path))
     assert p["wall_s"] < 0.4 + 1.0
+
+
+def test_compare_puts_two_runs_side_by_side(server, tmp_path, capsys):
+    _run("--url", server, "--model", "fake", "--best-of", "1,2", "--concurrency", "1", "--requests", "4",
+         "--ignore-eos", "--out", str(tmp_path / "ours"))
+    _run("--url", server, "--model", "fake", "--mode", "vllm-n", "--best-of", "2,4", "--concurrency", "1",
+         "--requests", "4", "--out", str(tmp_path / "peer"))
+    main(["loadtest", "--compare", str(tmp_path / "ours"), f"vllm={tmp_path / 'peer' / 'summary.json'}",
+          "--out", str(tmp_path / "compare")])
+    table = capsys.readouterr().out
+    summary = json.loads((tmp_path / "compare" / "compare.json").read_text())
+    assert [r["name"] for r in summary["runs"]] == ["bon", "vllm"]
+    (row,) = summary["points"]  # best_of=2 is the only point both ran
+    assert row["best_of"] == 2
+    ours, peer = row["runs"]
+    assert row["latency_p50_ratio"] == pytest.approx(ours["latency_s_p50"] / peer["latency_s_p50"])
+    assert (ours["choices_per_answer"], peer["choices_per_answer"]) == (1, 2)
+    assert "ignore_eos differs: bon True, vllm False" in summary["warnings"]
+    assert {"only in bon: C=1 N=1", "only in vllm: C=1 N=4"} <= set(summary["warnings"])
+    assert sorted(summary["files"]) == sorted(p.name for p in (tmp_path / "compare").iterdir())
+    assert "warning: ignore_eos differs" in table and "A/B p50" in table

@@ -29,7 +29,6 @@ torch again); everything else here takes a few seconds.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,12 +43,9 @@ from models.backends import RewardSpec, ScoreItem
 from models.reward_hf import HFReward
 from models.reward_remote import RemoteReward
 from server.app import classify_activation
-from tests.server.conftest import Server, build_tiny_checkpoints, launch_server
+from tests.server.conftest import VLLM_SERVE, Server, launch_server
 
 pytestmark = pytest.mark.vllm
-
-VLLM_SERVER = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
-"""The `vllm` console script of the CPU build is broken; the module is the same server."""
 
 TOLERANCE = 1e-5
 """Both sides run the same float32 weights on the same token ids (same chat template, same tokenizer), so only
@@ -97,21 +93,21 @@ CONVERSATION = [*CANDIDATES[10][0], _assistant(CANDIDATES[10][1])]
 
 
 @pytest.fixture(scope="module")
-def rm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_checkpoints(tmp_path_factory.mktemp("vllm-rm"))
+def rm_root(tiny_checkpoints: Path) -> Path:
+    return tiny_checkpoints
 
 
 @pytest.fixture(scope="module")
-def servers(rm_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+def servers(rm_root: Path, log_dir: Path) -> Iterator[dict[str, Server]]:
     """vLLM serving the RM, and a bon server (hf backends) serving the same RM, started together."""
-    logs = tmp_path_factory.mktemp("vllm-rm-logs")
+    logs = log_dir
     # --kv-cache-memory-bytes: 64 MiB holds 64k tokens of this 2-layer model; the CPU default would take GiBs.
     # --dtype float32: the checkpoint's dtype and the hf backend's on CPU, so parity is float32 rounding only.
     vllm_args = ("--model", str(rm_root / "rm"), "--served-model-name", "rm", "--runner", "pooling",
                  "--enforce-eager", "--max-model-len", "256", "--dtype", "float32",
                  "--kv-cache-memory-bytes", str(64 << 20), "--host", "127.0.0.1", "--uvicorn-log-level", "warning")
     started = time.monotonic()
-    launched = {"vllm": launch_server(rm_root, logs, *vllm_args, command=VLLM_SERVER),
+    launched = {"vllm": launch_server(rm_root, logs, *vllm_args, command=VLLM_SERVE),
                 "bon": launch_server(rm_root, logs)}
     try:
         launched["vllm"].wait("/health", timeout_s=300)  # vLLM listens only once its engine is up

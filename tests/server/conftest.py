@@ -89,11 +89,6 @@ def build_tiny_checkpoints(root: Path, steps: int = 30) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_checkpoints(tmp_path_factory.mktemp("bon-checkpoints"))
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,6 +129,8 @@ class Server:
 
 SERVE = (sys.executable, "-m", "server")
 BON_SERVE = (sys.executable, "-m", "bon.cli", "serve")
+VLLM_SERVE = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
+"""vLLM's own OpenAI server, as `vllm serve` starts it (the CPU build's `vllm` console script is broken)."""
 
 
 def launch_server(checkpoints: Path, log_dir: Path, *args: str, command: tuple[str, ...] = SERVE) -> Server:
@@ -172,11 +169,6 @@ def two_policy_config(checkpoints: Path, directory: Path) -> Path:
     config.write_text(f'default_best_of = 2\n[policies.sft]\npath = "{sft}"\n'
                       f'[policies.twin]\npath = "{sft}"\nbest_of = 3\n[reward]\npath = "{rm}"\n')
     return config
-
-
-@pytest.fixture(scope="session")
-def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("server-logs")
 
 
 def front_args(main: Server, dead_url: str) -> tuple[str, ...]:

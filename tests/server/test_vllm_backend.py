@@ -3,34 +3,18 @@ called as users call it: the official openai client and httpx."""
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.conftest import Server, launch_server
+from tests.server.conftest import Server
 
 pytestmark = pytest.mark.vllm
 
 PROMPT = [{"role": "user", "content": "What can I do with my teddy bear today?"}]
 CHAT = "/v1/chat/completions"
-VLLM_ARGS = ("--policy-backend", "vllm", "--vllm-engine-args", '{"enforce_eager": true}', "--max-best-of", "32",
-             "--max-in-flight", "16", "--max-prompt-tokens", "4096", "--default-best-of", "4")
-"""Eager mode: torch.compile would add a minute to each engine start on 2 cores and gain nothing at this size."""
-
-
-@pytest.fixture(scope="module")
-def vllm_server(tiny_checkpoints: Path, log_dir: Path) -> Iterator[Server]:
-    server = launch_server(tiny_checkpoints, log_dir, *VLLM_ARGS)
-    try:
-        yield server.wait(timeout_s=300)
-    finally:
-        server.stop()
-
-
 def client(server: Server) -> OpenAI:
     return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
