@@ -114,8 +114,10 @@ class VLLMPolicy:
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         ids = self._prompt_ids(messages)
+        # vLLM reads seed -1 as "no seed" (random), and seeds the i-th of n samples with seed + i, which must
+        # still fit its 64-bit serialisation: fold every seed the API accepts into [0, 2**63).
         sampling = SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
-                                  max_tokens=params.max_tokens, seed=seed, stop=list(params.stop) or None,
+                                  max_tokens=params.max_tokens, seed=seed % (1 << 63), stop=list(params.stop) or None,
                                   ignore_eos=params.ignore_eos, output_kind=RequestOutputKind.FINAL_ONLY)
 
         async def final_output() -> Any:

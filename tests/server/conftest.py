@@ -12,8 +12,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +143,31 @@ def launch_server(checkpoints: Path, log_dir: Path, *args: str, command: tuple[s
     process = subprocess.Popen([*command, "--port", str(port), *args], cwd=REPO, env=env,
                                stdout=log.open("wb"), stderr=subprocess.STDOUT)
     return Server(f"http://127.0.0.1:{port}", process, log)
+
+
+class Sampler:
+    """Calls `read` every `every_s` seconds in a thread while a `with` block runs; keeps (time, value) readings."""
+
+    def __init__(self, read: Callable[[], float], every_s: float = 0.02):
+        self.read, self.every_s, self.readings = read, every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.readings.append((time.monotonic(), self.read()))
+            self._stop.wait(self.every_s)
+
+    def peak(self) -> float:
+        return max(value for _, value in self.readings)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def tampered_copy(checkpoints: Path, root: Path) -> Path:

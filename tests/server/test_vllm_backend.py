@@ -9,7 +9,7 @@ import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.conftest import Server
+from tests.server.conftest import Sampler, Server
 
 pytestmark = pytest.mark.vllm
 
@@ -44,27 +44,6 @@ def engine_requests(server: Server) -> float:
     return scrape(server)["bon_policy_requests_running"]
 
 
-class Poller:
-    """Reads the engine's request count in a thread while something else runs; keeps every reading."""
-
-    def __init__(self, server: Server):
-        self.server, self.readings, self._stop = server, [], threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.readings.append((time.monotonic(), engine_requests(self.server)))
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> "Poller":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def test_models_name_the_vllm_backend(vllm_server):
     (model,) = client(vllm_server).models.list().data
     assert model.id == "sft" and model.model_extra["bon"]["backend"] == "vllm"
@@ -94,6 +73,8 @@ def test_the_same_seed_gives_the_same_candidates(vllm_server):
     first = texts(1234)
     assert texts(1234) == first
     assert texts(1235) != first
+    assert texts(-1) == texts(-1)  # vLLM itself takes -1 for "no seed"
+    assert texts(2**64 - 1) == texts(2**64 - 1)  # the largest seed the API accepts, with 8 samples seeded from it
 
 
 def test_stop_strings_cut_each_candidate_where_the_unstopped_one_has_it(vllm_server):
@@ -137,14 +118,14 @@ def test_a_prompt_too_long_for_the_model_is_400(vllm_server):
 def test_a_client_that_disconnects_aborts_its_request_in_the_engine(vllm_server):
     before = scrape(vllm_server)
     body = {"model": "sft", "messages": PROMPT, "best_of": 32, "max_tokens": 230, "ignore_eos": True}
-    with Poller(vllm_server) as poller:
+    with Sampler(lambda: engine_requests(vllm_server)) as poller:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(vllm_server.url + CHAT, json=body, timeout=httpx.Timeout(120, read=0.5))
         deadline = time.monotonic() + 30
         while engine_requests(vllm_server) > 0 and time.monotonic() < deadline:
             time.sleep(0.02)
     after = scrape(vllm_server)
-    assert max(count for _, count in poller.readings) == 32, "all 32 candidates were in the engine"
+    assert poller.peak() == 32, "all 32 candidates were in the engine"
     assert engine_requests(vllm_server) == 0
     assert after["bon_requests_cancelled_total"] == before["bon_requests_cancelled_total"] + 1
     # Aborted, not run to the end: vLLM counts none of the 32 as finished by length.
@@ -153,11 +134,11 @@ def test_a_client_that_disconnects_aborts_its_request_in_the_engine(vllm_server)
 
 def test_concurrent_requests_share_the_engine(vllm_server):
     body = {"best_of": 4, "max_tokens": 100, "ignore_eos": True}
-    with Poller(vllm_server) as poller:
+    with Sampler(lambda: engine_requests(vllm_server)) as poller:
         threads = [threading.Thread(target=chat, args=(vllm_server,), kwargs=body) for _ in range(8)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
     # One request puts its 4 candidates in the engine; more than 4 at once means requests are batched together.
-    assert max(count for _, count in poller.readings) > 4
+    assert poller.peak() > 4

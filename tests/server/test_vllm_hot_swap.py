@@ -4,7 +4,6 @@ engine's processes exit and give their memory back once its last request is answ
 
 import asyncio
 import json
-import threading
 import time
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 
 from models.checkpoint import read_manifest
 from tests.models.test_registry import build_swap_root
-from tests.server.conftest import launch_server
+from tests.server.conftest import Sampler, launch_server
 
 pytestmark = pytest.mark.vllm
 
@@ -54,27 +53,6 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-class RSSPeak:
-    """The largest resident size of the server's process tree while a block runs."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(self.pid))
-            self._stop.wait(0.1)
-
-    def __enter__(self) -> "RSSPeak":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 async def _steady_load(url: str, stop: asyncio.Event, answers: list[tuple[int, str]]) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         while not stop.is_set():
@@ -107,7 +85,7 @@ def test_dpo_ppo_swaps_and_rollback_under_load_fail_nothing_and_free_the_old_eng
                     old_engine = engine_processes(pid)
                     assert old_engine, "the serving engine runs in processes of its own"
                     rss_before = tree_rss(pid)
-                    with RSSPeak(pid) as peak:
+                    with Sampler(lambda: tree_rss(pid), every_s=0.1) as rss:
                         if action == "rollback":
                             response = await client.post("/admin/policies/live/rollback")
                         else:
@@ -121,7 +99,7 @@ def test_dpo_ppo_swaps_and_rollback_under_load_fail_nothing_and_free_the_old_eng
                     assert not running(old_engine), f"processes of the old engine still run: {running(old_engine)}"
                     await asyncio.sleep(1.0)  # answers on the new engine after each swap
                     figures.append({"swap": action, "seconds": response.json()["timings"],
-                                    "rss_before_mib": rss_before >> 20, "rss_peak_mib": peak.peak >> 20,
+                                    "rss_before_mib": rss_before >> 20, "rss_peak_mib": int(rss.peak()) >> 20,
                                     "rss_after_mib": tree_rss(pid) >> 20})
             stop.set()
             await asyncio.gather(*load)
