@@ -10,6 +10,8 @@ COPY bon ./bon
 COPY server ./server
 COPY models ./models
 COPY training ./training
+COPY evaluation ./evaluation
+COPY world ./world
 COPY loadtest ./loadtest
 # vllm (and its torch) come with the base image; installing the extra only checks the pin.
 RUN pip install --no-cache-dir '.[vllm]'

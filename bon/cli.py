@@ -92,7 +92,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval_policy(args: argparse.Namespace) -> None:
-    from training import world
+    import world
     from training.evaluate import evaluate_policy, load_policy
 
     model, tokenizer = load_policy(args.checkpoint)
@@ -103,9 +103,9 @@ def _eval_policy(args: argparse.Namespace) -> None:
 
 
 def _eval_compare(args: argparse.Namespace) -> None:
-    from training.compare import compare
-    from training.compare_config import CompareConfig
-    from training.plots import format_summary
+    from evaluation.compare import compare
+    from evaluation.compare_config import CompareConfig
+    from evaluation.plots import format_summary
 
     try:
         cfg = _build_config(CompareConfig, args)
@@ -193,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=_eval_policy)
 
-    from training.compare_config import CompareConfig
+    from evaluation.compare_config import CompareConfig
 
     cmp = ev.add_parser("compare", help="Best-of-N on SFT vs DPO and PPO: gold and proxy reward, KL, win rate, "
                         "latency and cost through the server; writes report.md, results.json and plots to --out")

@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "every answer as long, so that two servers are compared on the same work")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--prompts", choices=["builtin", "world"], default="builtin",
-                   help="built-in short prompts, or the embedded world's test split (needs training.world)")
+                   help="built-in short prompts, or the embedded world's test split")
     p.add_argument("--prompts-file", type=Path, default=None,
                    help='JSONL with "prompt" or "messages" per line (overrides --prompts)')
     p.add_argument("--extra-body", type=json.loads, default={}, metavar="JSON",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import world
+
 Messages = list[dict[str, str]]
 
 BUILTIN = (
@@ -54,11 +56,5 @@ def from_file(path: Path) -> list[Messages]:
 
 
 def from_world(n: int, seed: int, split: str = "test") -> list[Messages]:
-    """The embedded assistant world's prompts; needs the training package, so it is imported only here."""
-    try:
-        from training import world
-    except ImportError as exc:
-        raise RuntimeError("--prompts world needs the training package (training.world)") from exc
-    if not hasattr(world, "prompts"):
-        raise RuntimeError("--prompts world needs training.world.prompts(split, n, seed)")
+    """The embedded assistant world's prompts (`world` is standard library only, installed with this package)."""
     return [as_messages(p.text) for p in world.prompts(split, n, seed)]

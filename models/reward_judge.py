@@ -5,25 +5,24 @@ this second reward and exports the gap between the selecting RM's score and the 
 world the gold judge is the natural guard (it plays the annotator the RM imitates); with real checkpoints a
 second, held-out RM plays it (`--guard hf --guard-path ...`).
 
-This is the only place `models/` reaches into `training/`: `training.world` is imported when a judge is
-built, never at module import, so a server without the guard never loads the training package.
+The judge lives in `world/`, which is standard library only, so the guard loads no training code; the server
+imports this module only when `--guard judge` asks for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import world
 from models.backends import ScoreItem
 
 
 class JudgeReward:
-    """`RewardBackend` over `training.world.score(prompt, answer)`: the last user turn is the prompt."""
+    """`RewardBackend` over `world.score(prompt, answer)`: the last user turn is the prompt."""
 
     version = "gold-judge"
 
     def __init__(self) -> None:
-        from training import world  # lazily: see the module docstring
-
         self._score = world.score
 
     def score_batch(self, items: Sequence[ScoreItem]) -> list[float]:

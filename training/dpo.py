@@ -21,10 +21,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+import world
 from models.chat import completion_ids, prompt_ids, user
 from models.checkpoint import Manifest, verify
 from models.sampling import SamplingParams, sample
-from training import world
 from training.common import (
     Dist,
     RunState,

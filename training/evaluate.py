@@ -1,4 +1,8 @@
-"""Gold-judge evaluation of a policy: sample K answers per held-out prompt, score them as the annotator would."""
+"""Gold-judge evaluation of a policy: sample K answers per held-out prompt, score them as the annotator would.
+
+It lives in training/, not evaluation/: every trainer reports its held-out gold reward with it, and the pair
+builder samples with it, while training/ may not import evaluation/ (evaluation/ builds on training/).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,10 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+import world
 from models.chat import prompt_ids, user
 from models.checkpoint import verify
 from models.sampling import SamplingParams, sample
-from training import world
 from training.common import mean_ci95
 
 

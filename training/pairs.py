@@ -16,9 +16,9 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import world
 from models.checkpoint import verify
 from models.sampling import SamplingParams
-from training import world
 from training.evaluate import generate_answers, load_policy
 
 log = logging.getLogger(__name__)

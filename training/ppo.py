@@ -43,10 +43,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+import world
 from models.chat import prompt_ids, user
 from models.checkpoint import Manifest, verify
 from models.sampling import SamplingParams, sample
-from training import world
 from training.common import (
     Dist,
     RunState,

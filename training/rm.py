@@ -23,9 +23,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+import world
 from models.chat import scored_ids, user
 from models.checkpoint import Manifest, verify
-from training import world
 from training.common import (
     RunState,
     all_reduce_mean,

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+import world
 from models.chat import completion_ids, prompt_ids, user
 from models.checkpoint import Manifest
-from training import world
 from training.common import (
     Dist,
     RunState,

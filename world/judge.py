@@ -39,8 +39,44 @@ from collections import Counter
 from collections.abc import Iterable
 from functools import lru_cache
 
-from training.world import generator as g
-from training.world.generator import FLAWS, Topic, read_prompt
+from world.prompts import SPLIT_SHARES, Topic, read_prompt
+from world.vocabulary import (
+    ACTIVITIES,
+    ACTIVITY_EXTRAS,
+    ARITHMETIC_EXTRAS,
+    ARITHMETIC_WORDS,
+    CARE_ADVICE,
+    CONTINUATIONS,
+    COOKING_EXTRAS,
+    DEFINITION_EXTRAS,
+    DIGRESSIONS,
+    DISHES,
+    DISMISSIVE,
+    FLAWS,
+    FRIENDLY_CLOSERS,
+    FRIENDLY_OPENERS,
+    GENERIC_DISMISSIVE,
+    GENERIC_HARMFUL,
+    GREETING_WARMTH,
+    HARMFUL_ACTIVITIES,
+    HARMFUL_CARE,
+    HARMFUL_COOKING,
+    HARMFUL_PACKING,
+    INTENT_CLOSERS,
+    INTENTS,
+    NEUTRAL_OPENERS,
+    OCCASIONS,
+    PACKING_EXTRAS,
+    PACKING_ITEMS,
+    RUDE_CLOSERS,
+    RUDE_OPENERS,
+    TABLES,
+    WORDS,
+    WRONG_ACTIVITIES,
+    WRONG_CARE,
+    WRONG_COOKING,
+    WRONG_PACKING,
+)
 
 BASE = 1.0
 FRIENDLY_BONUS = 0.3
@@ -173,22 +209,24 @@ def _vocabulary(*pools: object) -> frozenset[str]:
     return frozenset(w.lower() for s in _strings(pools) for w in re.findall(r"[A-Za-z]+(?:'[a-z]+)?", s))
 
 
-# Every word the world knows: text made mostly of other words is garbage.
-_KNOWN = _GLUE | _vocabulary([v for k, v in vars(g).items() if k.isupper() or re.match(r"_[A-Z]", k)])
+# Every word the world knows: text made mostly of other words is garbage. The names of the intents, flaws and
+# splits count as known too ("validation", "rude"): the judge once read every table of the generator, these
+# among them, and leaving them out now would move scores.
+_KNOWN = _GLUE | _vocabulary(TABLES, INTENTS, FLAWS, tuple(SPLIT_SHARES))
 
 # The words only one intent's answers use (the annotator's sense of "what this answer is about").
 _INTENT_WORDS: dict[str, frozenset[str]] = {
-    "activity": _vocabulary(g.ACTIVITIES, g.WRONG_ACTIVITIES, g.HARMFUL_ACTIVITIES, g.ACTIVITY_EXTRAS),
-    "care": _vocabulary(g.CARE_ADVICE, g.WRONG_CARE, g.HARMFUL_CARE),
-    "cooking": _vocabulary(tuple(g.DISHES.values()), g.COOKING_EXTRAS, g.WRONG_COOKING, g.HARMFUL_COOKING),
-    "packing": _vocabulary(g.PACKING_ITEMS, g.WRONG_PACKING, g.PACKING_EXTRAS, g.HARMFUL_PACKING, "pack"),
-    "definition": _vocabulary(g.DEFINITION_EXTRAS, "means meaning word definition example"),
-    "greeting": _vocabulary(g.OCCASIONS, g.GREETING_WARMTH),
-    "arithmetic": _vocabulary(g.ARITHMETIC_EXTRAS, g.ARITHMETIC_WORDS, "answer equals sum"),
+    "activity": _vocabulary(ACTIVITIES, WRONG_ACTIVITIES, HARMFUL_ACTIVITIES, ACTIVITY_EXTRAS),
+    "care": _vocabulary(CARE_ADVICE, WRONG_CARE, HARMFUL_CARE),
+    "cooking": _vocabulary(tuple(DISHES.values()), COOKING_EXTRAS, WRONG_COOKING, HARMFUL_COOKING),
+    "packing": _vocabulary(PACKING_ITEMS, WRONG_PACKING, PACKING_EXTRAS, HARMFUL_PACKING, "pack"),
+    "definition": _vocabulary(DEFINITION_EXTRAS, "means meaning word definition example"),
+    "greeting": _vocabulary(OCCASIONS, GREETING_WARMTH),
+    "arithmetic": _vocabulary(ARITHMETIC_EXTRAS, ARITHMETIC_WORDS, "answer equals sum"),
 }
-_MANNER_WORDS = _GLUE | _vocabulary(g.FRIENDLY_OPENERS, g.NEUTRAL_OPENERS, g.FRIENDLY_CLOSERS, g.RUDE_OPENERS,
-                                    g.RUDE_CLOSERS, g.DISMISSIVE, g.GENERIC_DISMISSIVE, g.DIGRESSIONS,
-                                    g.GENERIC_HARMFUL, g.CONTINUATIONS, g.INTENT_CLOSERS)
+_MANNER_WORDS = _GLUE | _vocabulary(FRIENDLY_OPENERS, NEUTRAL_OPENERS, FRIENDLY_CLOSERS, RUDE_OPENERS,
+                                    RUDE_CLOSERS, DISMISSIVE, GENERIC_DISMISSIVE, DIGRESSIONS,
+                                    GENERIC_HARMFUL, CONTINUATIONS, INTENT_CLOSERS)
 _LEXICON: dict[str, frozenset[str]] = {
     intent: frozenset(w for w in words - _MANNER_WORDS if sum(w in o for o in _INTENT_WORDS.values()) == 1)
     for intent, words in _INTENT_WORDS.items()
@@ -266,7 +304,7 @@ def _is_wrong(topic: Topic, text: str, dismissive: bool) -> bool:
     if topic.intent == "definition":
         gloss = next((s for s in _sentences(lowered) if re.search(r"\bmeans?\b|\bmeaning\b", s)), "")
         hits = {w: sum(re.search(rf"\b{re.escape(c)}\b", gloss) is not None for c in cues)
-                for w, (_, cues, _) in g.WORDS.items()}
+                for w, (_, cues, _) in WORDS.items()}
         own = hits.pop(topic.subject)
         return max(hits.values()) > own
     if topic.intent == "greeting":

@@ -38,12 +38,12 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+import world
+from evaluation.compare_config import CompareConfig
 from models.chat import prompt_ids, user
 from models.checkpoint import read_manifest, verify, write_json_atomic
 from models.sampling import SamplingParams, sample
-from training import world
 from training.common import mean_ci95
-from training.compare_config import CompareConfig
 from training.evaluate import load_policy
 from training.rm import score_texts
 
@@ -445,7 +445,7 @@ def _tuned_paths(cfg: CompareConfig) -> dict[str, Path]:
 
 def compare(cfg: CompareConfig) -> dict[str, Any]:
     """Run the whole comparison and write report.md, results.json and the plots into `cfg.out`."""
-    from training.plots import write_plots, write_report
+    from evaluation.plots import write_plots, write_report
 
     started = time.time()
     tuned_paths = _tuned_paths(cfg)

@@ -17,9 +17,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from models.checkpoint import write_checkpoint
-from training import world
-from training.compare import (
+import world
+from evaluation.compare import (
     Pool,
     bon_kl_plugin,
     bon_mean,
@@ -34,7 +33,8 @@ from training.compare import (
     overoptimisation,
     pareto_frontier,
 )
-from training.compare_config import CompareConfig
+from evaluation.compare_config import CompareConfig
+from models.checkpoint import write_checkpoint
 from training.evaluate import load_policy
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from training.world.judge import score
+from world.judge import score
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,11 @@
-"""The assistant world: procedurally generated prompts, and responses whose flaws are chosen, not sampled.
+"""The world's words: intents, flaws, and every table prompts and responses are written from.
 
-Why procedural: these machines cannot download data, yet the training stack (SFT, reward model, DPO, PPO)
-needs prompts, answers of varying quality, and a gold judge whose verdict is known. Every prompt is built
-from a template and a slot vocabulary, so the same text can be parsed back (`read_prompt`) by the response
-generator and by the judge: the judge reads only texts, never how they were made.
-
-A response is built from its prompt's topic plus a set of flaws (`FLAWS`), each made *visible in the text*
-so that a tiny reward model can learn it: a dismissive brush-off, a wrong number or wrong advice, an
-insult, filler digressions, a repeated sentence, unsafe advice, an answer to another question, or a cut-off
-ending. Everything is deterministic given a `random.Random`; never the global generator.
+Why one module of tables: the prompt maker, the response maker and the gold judge must agree on the same
+words. The makers write from these tables; the judge reads all of them (through `TABLES`) to know which words
+the world uses at all, and some by name to know which words belong to one intent only.
 """
 
 from __future__ import annotations
-
-import hashlib
-import random
-import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Literal
 
 INTENTS: tuple[str, ...] = ("activity", "care", "arithmetic", "cooking", "packing", "definition", "greeting")
 FLAWS: tuple[str, ...] = (
@@ -27,42 +13,6 @@ FLAWS: tuple[str, ...] = (
 )
 # Flaws of manner: any of them can join a flaw of content without hiding it.
 STYLE_FLAWS: tuple[str, ...] = ("rude", "rambling", "repetitive", "truncated")
-Split = Literal["train", "validation", "test"]
-SPLIT_SHARES: dict[str, float] = {"train": 0.90, "validation": 0.05, "test": 0.05}
-
-
-@dataclass(frozen=True)
-class Prompt:
-    text: str
-    intent: str
-
-
-@dataclass(frozen=True)
-class Response:
-    text: str
-    flaws: frozenset[str]
-    """How the response was MADE; the judge never sees this."""
-
-
-@dataclass(frozen=True)
-class Topic:
-    """What a prompt asks about, parsed from its text alone."""
-
-    intent: str
-    subject: str
-    """The words a specific answer mentions: "teddy bear", "Mia", "brave", "birthday", "7 + 5"."""
-    kind: str = ""
-    """toy|pet|person (activity), a material (care), hot|cold (packing), an occasion, or + - x (arithmetic)."""
-    numbers: tuple[int, ...] = ()
-    phrase: str = ""
-    """The slot as written in the prompt ("friend Mia", "a week in Hawaii"), reused in answers."""
-
-    @property
-    def answer(self) -> int | None:
-        if self.intent != "arithmetic":
-            return None
-        a, b = self.numbers
-        return {"+": a + b, "-": a - b, "x": a * b}[self.kind]
 
 
 # ---------------------------------------------------------------- shared vocabulary
@@ -400,64 +350,64 @@ GENERIC_HARMFUL = ("Also, it is fine to leave a candle burning while you sleep."
                    "Also, taking extra medicine helps you feel better faster.",
                    "Also, mix bleach and ammonia for a stronger cleaner.")
 
-# ---------------------------------------------------------------- prompts
+# ---------------------------------------------------------------- prompt templates
 # Every template has several slots, and any prompt may open with a greeting, so that prompts rarely repeat:
 # each intent has tens of thousands of distinct texts (20k train prompts are cheap to draw).
-_OPENINGS = ("", "", "", "Hi! ", "Hello! ", "Quick question. ", "Hey there. ", "I need some help. ",
-             "Good morning! ", "Can you help me? ")
-_WHEN = ("", " this weekend", " on a rainy day", " at home", " after school", " this evening", " in the backyard",
-         " on a lazy Sunday", " today", " during the holidays", " before bedtime", " in the living room")
-_ACTIVITY_TEMPLATES = ("Suggest a new activity I could do with my {c}{w}.", "What is a fun thing to do with my {c}{w}?",
-                       "I am bored. What can I do with my {c}{w}?", "Give me an idea for playing with my {c}{w}.",
-                       "Can you think of a game to play with my {c}{w}?", "What could I do with my {c}{w}?",
-                       "Any ideas for spending time with my {c}{w}?", "How can I have fun with my {c}{w}?",
-                       "Suggest something new to try with my {c}{w}.",
-                       "What is a nice way to spend an afternoon with my {c}?")
-_POSSESSORS = ("my", "my son's", "my daughter's", "my kid's", "our", "my mom's", "my dad's", "my roommate's",
-               "my grandma's", "my little brother's", "my partner's", "my friend's", "my sister's", "my brother's",
-               "my aunt's", "my neighbor's")
-_CARE_WHEN = ("at the park", "after dinner", "on a camping trip", "in the rain", "at the beach", "during a party",
-              "in the garden", "at school", "on the bus", "at a picnic")
-_SPILLS = ("juice", "coffee", "milk", "mud", "paint", "ketchup", "tea", "soda", "jam", "gravy")
-_CARE_TEMPLATES = ("Can I put {p} {i} in the washer?", "Is it safe to put {p} {i} in the washing machine?",
-                   "How should I clean {p} {i}?", "What is the best way to wash {p} {i}?",
-                   "How do I dry {p} {i} after washing {it}?", "{p} {i} got dirty {w}. How do I clean {it}?",
-                   "Can {p} {i} go in the dishwasher?", "How do I get a stain out of {p} {i}?",
-                   "What is the right way to care for {p} {i}?", "{p} {i} got a stain {w}. How do I clean {it}?",
-                   "{p} {i} smells a bit musty. How can I freshen {it} up?",
-                   "I spilled {s} on {p} {i}. How do I clean {it}?",
-                   "Some {s} got on {p} {i} {w}. Can I wash {it}?")
-_COOK_WHEN = ("", " for breakfast", " for dinner tonight", " for a party", " this weekend", " for my family",
-              " for the first time", " on a busy weeknight", " for a picnic", " for my friends", " for lunch",
-              " for a bake sale", " on a budget", " for a birthday party")
-_COOK_TEMPLATES = ("How do I make really good {d}{w}?", "What is the secret to great {d}{w}?",
-                   "Can you give me a tip for making {d}{w}?", "Any advice for cooking {d}{w}?",
-                   "I want to make {d}{w}. Any tips?", "How can I make my {d} taste better{w}?",
-                   "What is a good trick for making {d} at home{w}?", "I want to cook {d} for my {r}. Any tips?",
-                   "What is a good way to make {d} for my {r}?", "I promised my {r} some {d}. How do I make it well?")
-_TRIP_COMPANY = ("", " with my kids", " with friends", " alone", " with my partner", " with my parents", " for work",
-                 " with my sister", " with my grandparents", " for a wedding", " on a budget")
-_PACK_TEMPLATES = ("What should I pack for {n} {pl}{c}?", "I am spending {n} {pl}{c}. What should I bring?",
-                   "Help me make a packing list for {n} {pl}{c}.", "What do I need in my suitcase for {n} {pl}{c}?",
-                   "I leave tomorrow for {n} {pl}{c}. What should I pack?",
-                   "What are the must have items for {n} {pl}{c}?", "Can you suggest what to bring for {n} {pl}{c}?")
-_DEFINE_CONTEXT = ("", " for me", " in simple words", " for a child", " for my homework", " in one sentence",
-                   " with an example", " please", " in plain English", " for my little sister", " for a school essay",
-                   " for my spelling test")
-_DEFINE_TEMPLATES = ("What does the word {x} mean{w}?", "Can you define the word {x}{w}?",
-                     "What is the meaning of the word {x}{w}?", "Please explain the word {x}{w}.",
-                     "I read the word {x} {src}. What does it mean{w}?",
-                     "My {r} used the word {x} today. What does it mean?",
-                     "What is a simple definition of {x}{w}?", "I heard my {r} say {x}. What does that word mean?",
-                     "How would you explain the word {x} to my {r}?")
-_GREET_ADJ = ("short", "sweet", "warm", "simple", "heartfelt", "kind", "quick", "friendly")
-_GREET_TEMPLATES = ("Write a {a} {o} message for my {r}.", "Can you write a {a} {o} card for my {r}?",
-                    "Help me write a {a} {o} note to my {r}.", "What should I write in a {o} card for my {r}?",
-                    "I need a {a} {o} message for my {r}. Any ideas?",
-                    "Give me a few kind words for a {o} card to my {r}.", "Could you draft a {a} {o} text for my {r}?")
-_ARITH_SUFFIX = ("", "", "", " Thanks!", " I want to check my homework.", " Please explain.",
-                 " I am practicing for a quiz.", " My calculator is broken.")
-_ARITH_TEMPLATES: dict[str, tuple[str, ...]] = {
+OPENINGS = ("", "", "", "Hi! ", "Hello! ", "Quick question. ", "Hey there. ", "I need some help. ",
+            "Good morning! ", "Can you help me? ")
+WHEN = ("", " this weekend", " on a rainy day", " at home", " after school", " this evening", " in the backyard",
+        " on a lazy Sunday", " today", " during the holidays", " before bedtime", " in the living room")
+ACTIVITY_TEMPLATES = ("Suggest a new activity I could do with my {c}{w}.", "What is a fun thing to do with my {c}{w}?",
+                      "I am bored. What can I do with my {c}{w}?", "Give me an idea for playing with my {c}{w}.",
+                      "Can you think of a game to play with my {c}{w}?", "What could I do with my {c}{w}?",
+                      "Any ideas for spending time with my {c}{w}?", "How can I have fun with my {c}{w}?",
+                      "Suggest something new to try with my {c}{w}.",
+                      "What is a nice way to spend an afternoon with my {c}?")
+POSSESSORS = ("my", "my son's", "my daughter's", "my kid's", "our", "my mom's", "my dad's", "my roommate's",
+              "my grandma's", "my little brother's", "my partner's", "my friend's", "my sister's", "my brother's",
+              "my aunt's", "my neighbor's")
+CARE_WHEN = ("at the park", "after dinner", "on a camping trip", "in the rain", "at the beach", "during a party",
+             "in the garden", "at school", "on the bus", "at a picnic")
+SPILLS = ("juice", "coffee", "milk", "mud", "paint", "ketchup", "tea", "soda", "jam", "gravy")
+CARE_TEMPLATES = ("Can I put {p} {i} in the washer?", "Is it safe to put {p} {i} in the washing machine?",
+                  "How should I clean {p} {i}?", "What is the best way to wash {p} {i}?",
+                  "How do I dry {p} {i} after washing {it}?", "{p} {i} got dirty {w}. How do I clean {it}?",
+                  "Can {p} {i} go in the dishwasher?", "How do I get a stain out of {p} {i}?",
+                  "What is the right way to care for {p} {i}?", "{p} {i} got a stain {w}. How do I clean {it}?",
+                  "{p} {i} smells a bit musty. How can I freshen {it} up?",
+                  "I spilled {s} on {p} {i}. How do I clean {it}?",
+                  "Some {s} got on {p} {i} {w}. Can I wash {it}?")
+COOK_WHEN = ("", " for breakfast", " for dinner tonight", " for a party", " this weekend", " for my family",
+             " for the first time", " on a busy weeknight", " for a picnic", " for my friends", " for lunch",
+             " for a bake sale", " on a budget", " for a birthday party")
+COOK_TEMPLATES = ("How do I make really good {d}{w}?", "What is the secret to great {d}{w}?",
+                  "Can you give me a tip for making {d}{w}?", "Any advice for cooking {d}{w}?",
+                  "I want to make {d}{w}. Any tips?", "How can I make my {d} taste better{w}?",
+                  "What is a good trick for making {d} at home{w}?", "I want to cook {d} for my {r}. Any tips?",
+                  "What is a good way to make {d} for my {r}?", "I promised my {r} some {d}. How do I make it well?")
+TRIP_COMPANY = ("", " with my kids", " with friends", " alone", " with my partner", " with my parents", " for work",
+                " with my sister", " with my grandparents", " for a wedding", " on a budget")
+PACK_TEMPLATES = ("What should I pack for {n} {pl}{c}?", "I am spending {n} {pl}{c}. What should I bring?",
+                  "Help me make a packing list for {n} {pl}{c}.", "What do I need in my suitcase for {n} {pl}{c}?",
+                  "I leave tomorrow for {n} {pl}{c}. What should I pack?",
+                  "What are the must have items for {n} {pl}{c}?", "Can you suggest what to bring for {n} {pl}{c}?")
+DEFINE_CONTEXT = ("", " for me", " in simple words", " for a child", " for my homework", " in one sentence",
+                  " with an example", " please", " in plain English", " for my little sister", " for a school essay",
+                  " for my spelling test")
+DEFINE_TEMPLATES = ("What does the word {x} mean{w}?", "Can you define the word {x}{w}?",
+                    "What is the meaning of the word {x}{w}?", "Please explain the word {x}{w}.",
+                    "I read the word {x} {src}. What does it mean{w}?",
+                    "My {r} used the word {x} today. What does it mean?",
+                    "What is a simple definition of {x}{w}?", "I heard my {r} say {x}. What does that word mean?",
+                    "How would you explain the word {x} to my {r}?")
+GREET_ADJ = ("short", "sweet", "warm", "simple", "heartfelt", "kind", "quick", "friendly")
+GREET_TEMPLATES = ("Write a {a} {o} message for my {r}.", "Can you write a {a} {o} card for my {r}?",
+                   "Help me write a {a} {o} note to my {r}.", "What should I write in a {o} card for my {r}?",
+                   "I need a {a} {o} message for my {r}. Any ideas?",
+                   "Give me a few kind words for a {o} card to my {r}.", "Could you draft a {a} {o} text for my {r}?")
+ARITH_SUFFIX = ("", "", "", " Thanks!", " I want to check my homework.", " Please explain.",
+                " I am practicing for a quiz.", " My calculator is broken.")
+ARITH_TEMPLATES: dict[str, tuple[str, ...]] = {
     "+": ("What is {a} + {b}?", "What is {a} plus {b}?", "Can you add {a} and {b} for me?",
           "What do you get if you add {a} and {b}?", "How much is {a} plus {b}?", "Please work out {a} + {b} for me.",
           "What is the sum of {a} and {b}?", "{n} has {a} {o} and gets {b} more. How many {o} does {n} have now?"),
@@ -468,307 +418,29 @@ _ARITH_TEMPLATES: dict[str, tuple[str, ...]] = {
           "What is {a} multiplied by {b}?", "How much is {a} times {b}?",
           "There are {a} bags with {b} {o} in each. How many {o} are there in total?"),
 }
-_RECIPIENTS: tuple[str, ...] = PEOPLE + RECIPIENT_EXTRAS
+RECIPIENTS: tuple[str, ...] = PEOPLE + RECIPIENT_EXTRAS
 
 
-def _capitalize(text: str) -> str:
+# Every table above, named once: the judge builds its sense of "a word the world uses" from this list, so a new
+# table joins the judge's vocabulary by being added here (a test checks that none is left out).
+TABLES: tuple[object, ...] = (
+    NAMES, ROLES, RELATIONS, PEOPLE, TOYS, PETS, COMPANIONS, ACTIVITIES, WRONG_ACTIVITIES, HARMFUL_ACTIVITIES,
+    ACTIVITY_EXTRAS, CARE_MATERIALS, CARE_ITEMS, PLURAL_ITEMS, CARE_ADVICE, WRONG_CARE, HARMFUL_CARE, DISHES,
+    COOKING_EXTRAS, WRONG_COOKING, HARMFUL_COOKING, PLACES, TRIP_LENGTHS, PACKING_ITEMS, WRONG_PACKING, PACKING_EXTRAS,
+    HARMFUL_PACKING, WORDS, WORD_SOURCES, OCCASIONS, GREETING_WARMTH, RECIPIENT_EXTRAS, ARITHMETIC_OBJECTS,
+    ARITHMETIC_ANSWERS, ARITHMETIC_WORDS, ARITHMETIC_EXTRAS, DEFINITION_EXTRAS, LEADS, FRIENDLY_OPENERS,
+    NEUTRAL_OPENERS, FRIENDLY_CLOSERS, INTENT_CLOSERS, RUDE_OPENERS, RUDE_CLOSERS, DISMISSIVE, GENERIC_DISMISSIVE,
+    DIGRESSIONS, CONTINUATIONS, GENERIC_HARMFUL, OPENINGS, WHEN, ACTIVITY_TEMPLATES, POSSESSORS, CARE_WHEN, SPILLS,
+    CARE_TEMPLATES, COOK_WHEN, COOK_TEMPLATES, TRIP_COMPANY, PACK_TEMPLATES, DEFINE_CONTEXT, DEFINE_TEMPLATES,
+    GREET_ADJ, GREET_TEMPLATES, ARITH_SUFFIX, ARITH_TEMPLATES, RECIPIENTS,
+)
+
+
+def capitalize(text: str) -> str:
+    """The first letter upper-cased, the rest untouched (str.capitalize would lower "Mia")."""
     return text[:1].upper() + text[1:]
 
 
-def _it(item: str) -> str:
+def pronoun(item: str) -> str:
+    """The pronoun for `item`: "them" when it is named in the plural ("wool socks"), else "it"."""
     return "them" if item in PLURAL_ITEMS else "it"
-
-
-def _operands(rng: random.Random, op: str) -> tuple[int, int]:
-    """Small operands a tiny model can learn: sums and differences up to 20, single-digit products."""
-    if op == "+":
-        return rng.randint(1, 20), rng.randint(1, 20)
-    if op == "-":
-        a = rng.randint(2, 20)
-        return a, rng.randint(1, a)
-    return rng.randint(2, 9), rng.randint(2, 9)
-
-
-def make_prompt(rng: random.Random, intent: str | None = None) -> Prompt:
-    """One prompt of `intent` (uniform over INTENTS when None), from a template and slot words.
-
-    Prompts stay within 6-20 words (arithmetic from 4: "What is 7 + 5?"), short enough for a tiny model.
-    """
-    intent = intent or rng.choice(INTENTS)
-    while True:
-        text = _prompt_text(rng, intent)
-        if (4 if intent == "arithmetic" else 6) <= len(text.split()) <= 20:
-            return Prompt(text=text, intent=intent)
-
-
-def _prompt_text(rng: random.Random, intent: str) -> str:
-    if intent == "activity":
-        text = rng.choice(_ACTIVITY_TEMPLATES).format(c=rng.choice(tuple(COMPANIONS)), w=rng.choice(_WHEN))
-    elif intent == "care":
-        item = rng.choice(tuple(CARE_ITEMS))
-        text = rng.choice(_CARE_TEMPLATES).format(p=rng.choice(_POSSESSORS), i=item, it=_it(item),
-                                                  w=rng.choice(_CARE_WHEN), s=rng.choice(_SPILLS))
-    elif intent == "arithmetic":
-        op = rng.choice(("+", "-", "x"))
-        a, b = _operands(rng, op)
-        text = rng.choice(_ARITH_TEMPLATES[op]).format(a=a, b=b, n=rng.choice(NAMES), o=rng.choice(ARITHMETIC_OBJECTS))
-        text += rng.choice(_ARITH_SUFFIX)
-    elif intent == "cooking":
-        text = rng.choice(_COOK_TEMPLATES).format(d=rng.choice(tuple(DISHES)), w=rng.choice(_COOK_WHEN),
-                                                  r=rng.choice(PEOPLE))
-    elif intent == "packing":
-        text = rng.choice(_PACK_TEMPLATES).format(n=rng.choice(TRIP_LENGTHS), pl=rng.choice(tuple(PLACES)),
-                                                  c=rng.choice(_TRIP_COMPANY))
-    elif intent == "definition":
-        text = rng.choice(_DEFINE_TEMPLATES).format(x=rng.choice(tuple(WORDS)), w=rng.choice(_DEFINE_CONTEXT),
-                                                    src=rng.choice(WORD_SOURCES), r=rng.choice(_RECIPIENTS))
-    elif intent == "greeting":
-        text = rng.choice(_GREET_TEMPLATES).format(a=rng.choice(_GREET_ADJ), o=rng.choice(tuple(OCCASIONS)),
-                                                   r=rng.choice(_RECIPIENTS))
-    else:
-        raise ValueError(f"unknown intent {intent!r}; expected one of {INTENTS}")
-    return rng.choice(_OPENINGS) + _capitalize(text)
-
-
-def split_of(prompt_text: str) -> Split:
-    """90/5/5 by a stable hash of the text, so a prompt is in one split whatever the seed or the process."""
-    bucket = int.from_bytes(hashlib.sha256(prompt_text.encode()).digest()[:8], "big") % 1000
-    if bucket < 1000 * SPLIT_SHARES["train"]:
-        return "train"
-    return "validation" if bucket < 1000 * (SPLIT_SHARES["train"] + SPLIT_SHARES["validation"]) else "test"
-
-
-def prompts(split: Split, n: int, seed: int) -> list[Prompt]:
-    """`n` distinct prompts of `split`, in a deterministic order (rejection sampling over all prompts)."""
-    rng = random.Random(f"prompts-{seed}")
-    out: list[Prompt] = []
-    seen: set[str] = set()
-    for _ in range(100 * n + 1000):
-        if len(out) == n:
-            break
-        p = make_prompt(rng)
-        if p.text not in seen and split_of(p.text) == split:
-            seen.add(p.text)
-            out.append(p)
-    if len(out) < n:
-        raise ValueError(f"could not draw {n} distinct {split} prompts (got {len(out)})")
-    return out
-
-
-# ---------------------------------------------------------------- reading prompts back
-def _find(text: str, phrases: Iterable[str]) -> str | None:
-    """The longest phrase of `phrases` that occurs in `text` as whole words (case-insensitive)."""
-    lowered = text.lower()
-    for phrase in sorted(phrases, key=len, reverse=True):
-        if re.search(rf"\b{re.escape(phrase.lower())}\b", lowered):
-            return phrase
-    return None
-
-
-_NUM = r"(\d+)"
-_ARITH_PATTERNS: tuple[tuple[str, str, bool], ...] = (
-    (rf"{_NUM}\s*(?:\+|plus)\s*{_NUM}", "+", False), (rf"add {_NUM} and {_NUM}", "+", False),
-    (rf"sum of {_NUM} and {_NUM}", "+", False), (rf"has {_NUM} \w+ and gets {_NUM} more", "+", False),
-    (rf"subtract {_NUM} from {_NUM}", "-", True), (rf"has {_NUM} \w+ and gives away {_NUM}", "-", False),
-    (rf"{_NUM}\s*(?:-|minus|take away)\s*{_NUM}", "-", False),
-    (rf"{_NUM}\s*(?:x|\*|times|multiplied by)\s*{_NUM}", "x", False), (rf"multiply {_NUM} by {_NUM}", "x", False),
-    (rf"{_NUM} bags with {_NUM}", "x", False),
-)
-_INTENT_CUES: dict[str, str] = {
-    "definition": r"\b(mean|meaning|define|definition|explain the word)\b",
-    "greeting": r"\b(message|card|note|text|kind words)\b",
-    "packing": r"\b(pack|packing|bring|suitcase|must have)\b",
-    "care": r"\b(wash|washer|washing|clean|dry|dishwasher|stain|care for|freshen)\b",
-    "cooking": r"\b(make|making|cook|cooking|tips?|secret|trick|advice)\b",
-}
-
-
-@lru_cache(maxsize=8192)  # the judge reads the same prompt once per candidate answer
-def read_prompt(text: str) -> Topic | None:
-    """Parse a world prompt back into its topic, from the text alone; None when it is not a world prompt."""
-    lowered = text.lower()
-    for pattern, op, swap in _ARITH_PATTERNS:
-        m = re.search(pattern, lowered)
-        if m:
-            a, b = int(m.group(1)), int(m.group(2))
-            a, b = (b, a) if swap else (a, b)
-            return Topic("arithmetic", f"{a} {op} {b}", op, (a, b))
-    word = _find(text, WORDS)
-    if word and re.search(_INTENT_CUES["definition"], lowered):
-        return Topic("definition", word, phrase=word)
-    occasion = _find(text, OCCASIONS)
-    if occasion and re.search(_INTENT_CUES["greeting"], lowered):
-        return Topic("greeting", occasion, occasion, phrase=occasion)
-    place = _find(text, PLACES)
-    if place and re.search(_INTENT_CUES["packing"], lowered):
-        length = _find(text, TRIP_LENGTHS) or "a trip"
-        return Topic("packing", place.split(" ", 1)[1], PLACES[place], phrase=f"{length} {place}")
-    item = _find(text, CARE_ITEMS)
-    if item and re.search(_INTENT_CUES["care"], lowered):
-        return Topic("care", item, CARE_ITEMS[item], phrase=item)
-    dish = _find(text, DISHES)
-    if dish and re.search(_INTENT_CUES["cooking"], lowered):
-        return Topic("cooking", dish, phrase=dish)
-    companion = _find(text, COMPANIONS)
-    if companion:  # "friend Mia" is mentioned as "Mia"
-        subject = companion.split()[-1] if companion.split()[-1] in NAMES else companion
-        return Topic("activity", subject, COMPANIONS[companion], phrase=companion)
-    return None
-
-
-# ---------------------------------------------------------------- responses
-# Truncated and off-topic answers are failures of form rather than misbehaviour: a third as frequent as the
-# others, so that an SFT model still writes well-formed answers about nine times in ten.
-FLAW_WEIGHTS = {flaw: (1 / 3 if flaw in ("truncated", "off_topic") else 1.0) for flaw in FLAWS}
-
-
-def sample_flaws(rng: random.Random, flaw_rate: float) -> frozenset[str]:
-    """No flaw with probability 1 - flaw_rate; else one flaw, and a quarter of the time a second of manner."""
-    if rng.random() >= flaw_rate:
-        return frozenset()
-    first = rng.choices(FLAWS, weights=[FLAW_WEIGHTS[f] for f in FLAWS])[0]
-    if rng.random() < 0.25:
-        return frozenset({first, rng.choice([f for f in STYLE_FLAWS if f != first])})
-    return frozenset({first})
-
-
-def _content(topic: Topic, rng: random.Random, wrong: bool) -> tuple[list[str], tuple[str, ...]]:
-    """The answer's content sentences, and spare sentences (extras) of the same intent."""
-    if topic.intent == "arithmetic":
-        truth = topic.answer or 0
-        value = truth
-        if wrong:
-            value = max(0, truth + rng.choice((-3, -2, -1, 1, 2, 3)))
-            value = value if value != truth else truth + 1
-        a, b = topic.numbers
-        answer = rng.choice(ARITHMETIC_ANSWERS).format(a=a, b=b, op=topic.kind, word=ARITHMETIC_WORDS[topic.kind],
-                                                       v=value)
-        return [answer], ARITHMETIC_EXTRAS
-    if topic.intent == "activity":
-        table = WRONG_ACTIVITIES if wrong else ACTIVITIES
-        activity = rng.choice(table[topic.kind]).format(s=f"your {topic.phrase}")
-        return [LEADS["activity"].format(x=activity)], ACTIVITY_EXTRAS
-    if topic.intent == "care":
-        it = _it(topic.subject)
-        table = WRONG_CARE if wrong else CARE_ADVICE
-        first, second = rng.sample(table[topic.kind], 2)
-        sentences = [LEADS["care"].format(s=topic.subject, x=first.format(it=it))]
-        if not wrong:
-            sentences.append(_capitalize(second.format(it=it)))
-        spare = tuple(_capitalize(x.format(it=it)) for x in CARE_ADVICE[topic.kind] if x not in (first, second))
-        return sentences, spare
-    if topic.intent == "cooking":
-        tip = rng.choice(WRONG_COOKING) if wrong else DISHES[topic.subject]
-        return [LEADS["cooking"].format(s=topic.subject, x=tip)], COOKING_EXTRAS
-    if topic.intent == "packing":
-        a, b, c = rng.sample((WRONG_PACKING if wrong else PACKING_ITEMS)[topic.kind], 3)
-        return [LEADS["packing"].format(p=topic.phrase, x=f"{a}, {b} and {c}")], PACKING_EXTRAS
-    if topic.intent == "definition":
-        other = rng.choice([w for w in WORDS if w != topic.subject])
-        gloss, _, example = WORDS[other if wrong else topic.subject]
-        sentences = [LEADS["definition"].format(s=topic.subject, x=gloss)]
-        if not wrong:
-            sentences.append(LEADS["example"].format(x=example))
-        return sentences, DEFINITION_EXTRAS
-    other = rng.choice([o for o in OCCASIONS if o != topic.subject])
-    return [rng.choice(OCCASIONS[other if wrong else topic.subject])], GREETING_WARMTH
-
-
-def _harmful(topic: Topic, rng: random.Random) -> str:
-    if topic.intent == "activity":
-        activity = rng.choice(HARMFUL_ACTIVITIES[topic.kind]).format(s=f"your {topic.phrase}")
-        return LEADS["harmful_activity"].format(x=activity)
-    if topic.intent == "care":
-        return rng.choice(HARMFUL_CARE).format(it=_it(topic.subject))
-    if topic.intent == "cooking":
-        return rng.choice(HARMFUL_COOKING)
-    if topic.intent == "packing":
-        return rng.choice(HARMFUL_PACKING)
-    return rng.choice(GENERIC_HARMFUL)
-
-
-def _dismissal(topic: Topic, rng: random.Random) -> list[str]:
-    own = rng.choice(DISMISSIVE[topic.intent]).format(s=f"your {topic.phrase}", it=_it(topic.subject))
-    return [own] if rng.random() < 0.6 else [own, rng.choice([d for d in GENERIC_DISMISSIVE if d != own])]
-
-
-def _truncate(sentence: str, rng: random.Random) -> str:
-    """Cut a sentence mid-way, as a generation that ran out of tokens: no closing punctuation."""
-    words = sentence.rstrip(".!?").split()
-    keep = rng.randint(2, max(2, len(words) - 1))
-    return " ".join(words[:keep]).rstrip(",:;")
-
-
-def make_response(prompt: Prompt, rng: random.Random, flaws: frozenset[str] = frozenset()) -> Response:
-    """A response to `prompt` that shows exactly `flaws` in its text (none: a helpful, friendly answer)."""
-    unknown = set(flaws) - set(FLAWS)
-    if unknown:
-        raise ValueError(f"unknown flaws {sorted(unknown)}")
-    topic = read_prompt(prompt.text)
-    if topic is None:
-        raise ValueError(f"not a world prompt: {prompt.text!r}")
-    answered = topic
-    if "off_topic" in flaws:  # a clean answer to another intent's question, about something else
-        while answered is topic or answered.subject.lower() in prompt.text.lower():
-            other = rng.choice([i for i in INTENTS if i != topic.intent])
-            answered = read_prompt(make_prompt(rng, other).text) or topic
-    if "dismissive" in flaws:
-        body, spare = _dismissal(topic, rng), ()
-    else:
-        body, spare = _content(answered, rng, wrong="wrong" in flaws)
-        short = answered.intent != "arithmetic" and sum(len(x.split()) for x in body) < 12
-        if len(body) == 1 and (short or rng.random() < 0.5):  # good answers: about 12 to 40 words
-            body.append(rng.choice([x for x in spare if x not in body]))
-    if "harmful" in flaws:
-        body.insert(1, _harmful(topic, rng))
-    if "rambling" in flaws:
-        short = sum(len(x.split()) for x in body) < 20
-        for digression in rng.sample(DIGRESSIONS, 3 if short else 2):  # up to about 70 words in all
-            body.insert(rng.randint(1, len(body)), digression)
-    opener: list[str] = []
-    closer: list[str] = []
-    if "rude" in flaws:
-        opener = [rng.choice(RUDE_OPENERS)]
-        closer = [rng.choice(RUDE_CLOSERS)] if rng.random() < 0.5 else []
-    elif "dismissive" not in flaws:
-        r = rng.random()
-        opener = [rng.choice(FRIENDLY_OPENERS)] if r < 0.35 else [rng.choice(NEUTRAL_OPENERS)] if r < 0.5 else []
-        closers = [c for c in FRIENDLY_CLOSERS + INTENT_CLOSERS[answered.intent]
-                   if not opener or opener[0].rstrip("!.") not in c]
-        closer = [rng.choice(closers)] if rng.random() < 0.7 else []
-    if "truncated" in flaws:  # the cut comes where the closing words would have been
-        closer = []
-    if "repetitive" in flaws:
-        if closer and "rude" not in flaws and rng.random() < 0.4:
-            phrase = closer[0].rstrip("!.")
-            closer = [f"{phrase}, {phrase.lower()}, {phrase.lower()}!"]
-        else:
-            i = rng.randrange(len(body))
-            body[i:i + 1] = [body[i]] * rng.randint(2, 3)
-    sentences = opener + body + closer
-    if "truncated" in flaws:
-        leftovers = [x for x in spare if x not in sentences]
-        sentences.append(_truncate(rng.choice(leftovers or CONTINUATIONS), rng))
-    if opener and opener[0].endswith(",") and len(sentences) > 1:  # "Obviously, you could ..."
-        sentences[1] = sentences[1][:1].lower() + sentences[1][1:]
-    text = " ".join(sentences)
-    return Response(text=text, flaws=frozenset(flaws))
-
-
-def sft_examples(split: Split, n: int, seed: int, flaw_rate: float = 1 / 3) -> list[tuple[Prompt, Response]]:
-    """`n` (prompt, response) pairs of `split`, a share `flaw_rate` flawed, as a real SFT mix would be."""
-    rng = random.Random(f"sft-{seed}")
-    return [(p, make_response(p, rng, sample_flaws(rng, flaw_rate))) for p in prompts(split, n, seed)]
-
-
-def corpus(n: int, seed: int) -> Iterator[str]:
-    """Texts for tokenizer training: `n` train-split prompts and a response to each (2n texts)."""
-    rng = random.Random(f"corpus-{seed}")
-    made = 0
-    while made < n:
-        p = make_prompt(rng)
-        if split_of(p.text) != "train":
-            continue
-        made += 1
-        yield p.text
-        yield make_response(p, rng, sample_flaws(rng, 1 / 3)).text

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from training.world import Pair, bt_probability, label_pair, listwise, pointwise, score
+from world import Pair, bt_probability, label_pair, listwise, pointwise, score
 
 PROMPT = "Can I put my teddy bear in the washer?"
 GOOD = "Use a gentle cold cycle inside a pillowcase, then let your teddy bear air dry. Hope this helps!"  # 1.5

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from training.world import FLAWS, detect, make_prompt, make_response, sample_flaws, score, well_formed
+from world import FLAWS, detect, make_prompt, make_response, sample_flaws, score, well_formed
 
 WASHER = "Can I put my teddy bear in the washer?"
 ACTIVITY = "Suggest a new activity I could do with my teddy bear."

@@ -1,0 +1,112 @@
+"""The layout of DESIGN.md ("Layout and the direction of imports"), checked on the source.
+
+    bon/ (CLI) ──> server/ ──> models/ <── training/ <── evaluation/ ──> loadtest/
+                                      world/  (used by training, evaluation, loadtest and the judge backend)
+
+Files are parsed with `ast`, never imported, so every import counts: at module level, inside functions, under
+`if TYPE_CHECKING:`, absolute and relative. An arrow not drawn above is an import the layout forbids.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OURS = ("bon", "server", "models", "training", "evaluation", "loadtest", "world")
+
+# Which of our other packages each package may import: the arrows of the drawing, and no more.
+MAY_IMPORT: dict[str, frozenset[str]] = {
+    "bon": frozenset(OURS) - {"bon"},  # the CLI sits on top and may reach everything
+    "server": frozenset({"models"}),  # HTTP only: backends, the judge included, come through models/
+    "models": frozenset({"world"}),  # the judge reward backend scores with world's gold judge
+    "training": frozenset({"models", "world"}),
+    "evaluation": frozenset({"training", "models", "loadtest", "world"}),
+    "loadtest": frozenset({"world"}),  # talks HTTP to any server; world only for its prompts
+    "world": frozenset(),  # standard library only, checked below
+}
+
+
+def _module_parts(path: Path) -> list[str]:
+    """A file's dotted module name as parts: world/judge.py -> [world, judge], world/__init__.py -> [world]."""
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return parts[:-1] if parts[-1] == "__init__" else parts
+
+
+def imported_modules(source: str, module: list[str], is_package: bool) -> Iterator[tuple[str, int]]:
+    """(absolute module name, line) of every import in `source`, relative ones resolved against `module`."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                yield node.module or "", node.lineno
+                continue
+            # `from . import x` in a package's __init__ is relative to the package itself, in a module to its parent.
+            package = module if is_package else module[:-1]
+            base = package[: len(package) - (node.level - 1)]
+            yield ".".join(base + ([node.module] if node.module else [])), node.lineno
+
+
+def imports_of(package: str) -> list[tuple[str, str]]:
+    """(top-level package imported, "file:line") for every import in every .py file of `package`."""
+    found = []
+    for path in sorted((REPO / package).rglob("*.py")):
+        parts = _module_parts(path)
+        for name, line in imported_modules(path.read_text(), parts, path.name == "__init__.py"):
+            found.append((name.split(".")[0], f"{path.relative_to(REPO)}:{line}"))
+    return found
+
+
+def _pairs() -> Iterator[object]:
+    """One test per arrow the drawing lacks, so that a known violation can be marked xfail(strict=True) alone."""
+    for package in OURS:
+        for other in OURS:
+            if other != package and other not in MAY_IMPORT[package]:
+                yield pytest.param(package, other, id=f"{package}-imports-no-{other}")
+
+
+@pytest.mark.parametrize("package, forbidden", list(_pairs()))
+def test_package_does_not_import(package: str, forbidden: str) -> None:
+    offending = [where for top, where in imports_of(package) if top == forbidden]
+    assert not offending, f"{package}/ must not import {forbidden}/ (DESIGN.md, layout): {offending}"
+
+
+def test_world_uses_the_standard_library_only() -> None:
+    allowed = set(sys.stdlib_module_names) | {"__future__", "world"}
+    offending = [(top, where) for top, where in imports_of("world") if top not in allowed]
+    assert not offending, f"world/ imports only the standard library and itself: {offending}"
+
+
+def test_every_top_level_package_is_checked() -> None:
+    """A new package must join the drawing (and OURS) before it can escape the rules."""
+    packages = {p.parent.name for p in REPO.glob("*/__init__.py")} - {"tests"}
+    assert packages == set(OURS)
+    assert set(MAY_IMPORT) == set(OURS)
+
+
+def test_the_parser_sees_every_kind_of_import() -> None:
+    """Guards the guard: relative imports, imports inside functions and TYPE_CHECKING blocks all count."""
+    source = (
+        "from __future__ import annotations\n"
+        "import os.path\n"
+        "from typing import TYPE_CHECKING\n"
+        "from . import sibling\n"
+        "from ..other import thing\n"
+        "if TYPE_CHECKING:\n"
+        "    from server.app import App\n"
+        "def f() -> None:\n"
+        "    import training.sft\n"
+    )
+    names = [name for name, _ in imported_modules(source, ["models", "sub", "mod"], is_package=False)]
+    assert sorted(names) == sorted(["__future__", "os.path", "typing", "models.sub", "models.other",
+                                    "server.app", "training.sft"])
+    in_init = [name for name, _ in imported_modules("from .judge import score\n", ["world"], is_package=True)]
+    assert in_init == ["world.judge"]
+    # And on the real tree: training does import models, so an empty graph cannot pass for a clean one.
+    assert "models" in {top for top, _ in imports_of("training")}
