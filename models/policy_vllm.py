@@ -57,9 +57,6 @@ def _size_engine(engine_args: dict[str, Any], engines: int, on_cpu: bool) -> dic
     if on_cpu:
         if "kv_cache_memory_bytes" not in sized and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             sized["kv_cache_memory_bytes"] = _CPU_KV_CACHE_BYTES // engines
-        # One process per engine: the CPU build would otherwise start a worker process beside the engine core,
-        # which costs another interpreter (~0.7 GB and seconds per start) for no parallelism at one rank.
-        sized.setdefault("distributed_executor_backend", "uni")
     elif engines > 1 and "gpu_memory_utilization" not in sized:
         # vLLM checks its share against the memory free when it starts: leave room for the engines to come.
         sized["gpu_memory_utilization"] = round(_VLLM_DEFAULT_UTILIZATION / engines, 3)
@@ -163,4 +160,5 @@ class VLLMPolicy:
         # (at interpreter exit they are gone and its __del__ raises).
         del engine, handler
         gc.collect()
-        multiprocessing.active_children()  # reaps the engine's exited processes, so that no zombie is left
+        # Reap the engine's exited processes; one still dying now is reaped by the next call (the next close).
+        multiprocessing.active_children()

@@ -39,8 +39,16 @@ def engine_processes(pid: int) -> set[int]:
 
 
 def running(pids: set[int]) -> list[int]:
-    """Those of `pids` still running (a killed child the server has not reaped yet counts as running)."""
-    return [p for p in pids if psutil.pid_exists(p)]
+    """Those of `pids` still running: an exited process that its parent has not reaped yet (a zombie) holds no
+    memory and runs nothing, so it does not count."""
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
 
 
 def tree_rss(pid: int) -> int:
