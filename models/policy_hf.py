@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from models.backends import (
+from models.chat import prompt_ids
+from models.checkpoint import CheckpointError
+from models.interface import (
     Candidate,
     Generation,
     GenerationParams,
@@ -22,16 +24,9 @@ from models.backends import (
     PolicySpec,
     checkpoint_version,
     cut_at_stop,
+    resolve_device,
 )
-from models.chat import prompt_ids
-from models.checkpoint import CheckpointError
 from models.sampling import SamplingParams, sample
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:

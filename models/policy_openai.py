@@ -18,8 +18,10 @@ from typing import Any, Literal
 import httpx
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from models.backends import (
+from models.chat import prompt_ids
+from models.interface import (
     BackendError,
+    Cancelled,
     Candidate,
     Generation,
     GenerationParams,
@@ -27,8 +29,6 @@ from models.backends import (
     PolicySpec,
     RemoteRequestError,
 )
-from models.chat import prompt_ids
-from models.sampling import Cancelled
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,11 @@ from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from models.backends import (
+from models.chat import prompt_ids
+from models.checkpoint import CheckpointError
+from models.interface import (
     BackendError,
+    Cancelled,
     Candidate,
     Generation,
     GenerationParams,
@@ -41,9 +44,6 @@ from models.backends import (
     RemoteRequestError,
     checkpoint_version,
 )
-from models.chat import prompt_ids
-from models.checkpoint import CheckpointError
-from models.sampling import Cancelled
 
 _VLLM_DEFAULT_UTILIZATION = 0.9
 _CPU_KV_CACHE_BYTES = 2 << 30

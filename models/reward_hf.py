@@ -14,10 +14,9 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from models.backends import RewardSpec, ScoreItem, checkpoint_version
 from models.chat import scored_ids
 from models.checkpoint import CheckpointError
-from models.policy_hf import resolve_device
+from models.interface import RewardSpec, ScoreItem, checkpoint_version, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ world the gold judge is the natural guard (it plays the annotator the RM imitate
 second, held-out RM plays it (`--guard hf --guard-path ...`).
 
 The judge lives in `world/`, which is standard library only, so the guard loads no training code; the server
-imports this module only when `--guard judge` asks for it.
+imports this module (through `models.loader`) only when a spec names the judge.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import world
-from models.backends import ScoreItem
+from models.interface import RewardSpec, ScoreItem
 
 
 class JudgeReward:
@@ -24,6 +24,11 @@ class JudgeReward:
 
     def __init__(self) -> None:
         self._score = world.score
+
+    @classmethod
+    def load(cls, spec: RewardSpec) -> JudgeReward:
+        """The judge has no weights: a spec with backend "judge" is all it needs."""
+        return cls()
 
     def score_batch(self, items: Sequence[ScoreItem]) -> list[float]:
         out = []

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from models.backends import BackendError, RewardSpec, ScoreItem
+from models.interface import BackendError, RewardSpec, ScoreItem
 
 _RETRYABLE = {408, 429, 500, 502, 503, 504}
 

@@ -16,14 +16,12 @@ from typing import Literal
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from models.interface import Cancelled
+
 # transformers 5.24 renames `past_key_values` to `cache`; the GPU image's 5.17 knows only the old name.
 warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
 
 FinishReason = Literal["stop", "length"]
-
-
-class Cancelled(Exception):
-    """The caller asked to stop (e.g. its client disconnected)."""
 
 
 @dataclass

@@ -30,8 +30,9 @@ from typing import Any, Literal, TypeVar
 from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from models.backends import PolicySpec, RewardSpec, load_policy, load_reward
 from models.checkpoint import CheckpointError, Kind, Manifest
+from models.interface import PolicySpec, RewardSpec
+from models.loader import load_policy, load_reward
 from models.registry import CheckpointNotFound, OutsideRoot, Registry, validate_checkpoint
 from server.errors import APIError, from_validation_error, invalid
 from server.pipeline import lookup, require_ready

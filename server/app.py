@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from models.backends import Message
+from models.interface import Message
 from server import pipeline
 from server import protocol as p
 from server.admin import install_admin

@@ -23,8 +23,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from models.backends import BackendError, Generation, GenerationParams, Message, RemoteRequestError
-from models.sampling import Cancelled
+from models.interface import BackendError, Cancelled, Generation, GenerationParams, Message, RemoteRequestError
 from server import protocol as p
 from server.errors import APIError, from_validation_error, invalid
 from server.selection import Strategy, select

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.backends import PolicySpec, RewardSpec
+from models.interface import PolicySpec, RewardSpec
 
 PolicyBackendName = Literal["hf", "vllm", "openai"]
 
@@ -163,19 +163,24 @@ class Settings(BaseSettings):
 
     def reward_spec(self) -> RewardSpec:
         if self.reward.backend == "remote":
-            return RewardSpec(backend="remote", url=self.reward.url, remote_model=self.reward.model,
-                              options={"timeout_s": self.upstream_timeout_s, "retries": self.upstream_retries,
-                                       "api_key": self.upstream_api_key})
-        return RewardSpec(backend="hf", path=self.reward_path(),
-                          options={"allow_unverified": self.allow_unverified, "device": self.device})
+            return self._remote_reward_spec(self.reward.url, self.reward.model)
+        return self._hf_reward_spec(self.reward_path())
 
     def guard_spec(self) -> RewardSpec:
-        """How to build an hf or remote guard (the judge needs no spec)."""
+        """How to build the guard: the gold judge, or a second RM (hf or remote)."""
+        if self.guard == "judge":
+            return RewardSpec(backend="judge")
         if self.guard == "remote":
-            return RewardSpec(backend="remote", url=self.guard_url, remote_model=self.guard_model,
-                              options={"timeout_s": self.upstream_timeout_s, "retries": self.upstream_retries,
-                                       "api_key": self.upstream_api_key})
-        return RewardSpec(backend="hf", path=self.guard_path,
+            return self._remote_reward_spec(self.guard_url, self.guard_model)
+        return self._hf_reward_spec(self.guard_path)
+
+    def _remote_reward_spec(self, url: str | None, model: str | None) -> RewardSpec:
+        return RewardSpec(backend="remote", url=url, remote_model=model,
+                          options={"timeout_s": self.upstream_timeout_s, "retries": self.upstream_retries,
+                                   "api_key": self.upstream_api_key})
+
+    def _hf_reward_spec(self, path: Path | None) -> RewardSpec:
+        return RewardSpec(backend="hf", path=path,
                           options={"allow_unverified": self.allow_unverified, "device": self.device})
 
     def missing_checkpoints(self) -> list[str]:

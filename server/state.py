@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from models.backends import GenerationParams, PolicyBackend, RewardBackend, ScoreItem, load_policy, load_reward
+from models.interface import GenerationParams, PolicyBackend, RewardBackend, ScoreItem
+from models.loader import load_policy, load_reward
 from server.admission import Admission
 from server.batcher import MicroBatcher
 from server.metrics import Metrics
@@ -71,10 +72,6 @@ def load_guard(settings: Settings) -> RewardBackend | None:
     if settings.guard is None:
         return None
     log.info("loading the guard (%s)", settings.guard)
-    if settings.guard == "judge":
-        from models.reward_judge import JudgeReward
-
-        return JudgeReward()
     return load_reward(settings.guard_spec())
 
 

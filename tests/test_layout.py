@@ -110,3 +110,52 @@ def test_the_parser_sees_every_kind_of_import() -> None:
     assert in_init == ["world.judge"]
     # And on the real tree: training does import models, so an empty graph cannot pass for a clean one.
     assert "models" in {top for top, _ in imports_of("training")}
+
+
+def _models_graph() -> dict[str, set[str]]:
+    """models/ module -> the models/ modules it imports (any import, anywhere in the file)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((REPO / "models").glob("*.py")):
+        parts = _module_parts(path)
+        name = ".".join(parts)
+        graph[name] = {imported for imported, _ in imported_modules(path.read_text(), parts, path.name == "__init__.py")
+                       if imported.startswith("models.") and imported != name}
+    return graph
+
+
+def test_models_interface_imports_no_backend() -> None:
+    """Every backend imports the interface; the interface imports none of them (only checkpoint verification)."""
+    assert _models_graph()["models.interface"] <= {"models.checkpoint"}
+
+
+def test_models_has_no_import_cycle() -> None:
+    graph = _models_graph()
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle in models/: {' -> '.join(path + (module,))}"
+        if module in done:
+            return
+        for imported in graph.get(module, ()):
+            visit(imported, path + (module,))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
+    # Guards the guard: the graph is not empty (every backend imports the interface).
+    assert "models.interface" in graph["models.policy_hf"]
+
+
+def _loader_targets() -> list[str]:
+    from models.loader import POLICY_BACKENDS, REWARD_BACKENDS
+
+    return [*POLICY_BACKENDS.values(), *REWARD_BACKENDS.values()]
+
+
+def test_loader_names_real_backends() -> None:
+    """Each registered backend names a module of models/ that defines the class it names."""
+    for target in _loader_targets():
+        module, _, attribute = target.partition(":")
+        path = REPO / Path(*module.split(".")).with_suffix(".py")
+        tree = ast.parse(path.read_text())
+        assert any(isinstance(n, ast.ClassDef) and n.name == attribute for n in tree.body), target

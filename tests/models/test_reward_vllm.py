@@ -39,7 +39,7 @@ import pytest
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from models.backends import RewardSpec, ScoreItem
+from models.interface import RewardSpec, ScoreItem
 from models.reward_hf import HFReward
 from models.reward_remote import RemoteReward
 from server.app import classify_activation

@@ -2,7 +2,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from models.sampling import Cancelled, SamplingParams, sample
+from models.interface import Cancelled
+from models.sampling import SamplingParams, sample
 
 PAD, EOS = 0, 2
 

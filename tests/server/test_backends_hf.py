@@ -7,12 +7,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-from models.backends import GenerationParams, PolicySpec, RewardSpec, checkpoint_version
 from models.chat import render
 from models.checkpoint import CheckpointError
+from models.interface import Cancelled, GenerationParams, PolicySpec, RewardSpec, checkpoint_version
 from models.policy_hf import HFPolicy
 from models.reward_hf import HFReward
-from models.sampling import Cancelled
 
 MESSAGES = [{"role": "user", "content": "What can I do with my teddy bear today?"}]
 

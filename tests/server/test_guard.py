@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 import world
-from models.backends import RewardSpec, load_reward
+from models.interface import RewardSpec
+from models.loader import load_reward
 from models.reward_judge import JudgeReward
 from server.settings import Settings
 from server.state import load_guard

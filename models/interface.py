@@ -1,9 +1,11 @@
 """The two interfaces the server drives: a policy that samples N candidates, a reward model that scores them.
 
-Implementations live beside this module (`policy_hf`, `policy_vllm`, `policy_openai`, `reward_hf`,
-`reward_remote`) and are imported only when chosen, so a CPU machine never imports vLLM. Blocking model calls
-run off the event loop: policies expose `async generate`, reward models a synchronous `score_batch` that the
-server's micro-batcher calls in a worker thread.
+This module holds what every backend and the server share (the types, the two protocols, errors, specs and a
+few helpers) and imports no backend. Implementations live beside it (`policy_hf`, `policy_vllm`,
+`policy_openai`, `reward_hf`, `reward_remote`, `reward_judge`); `models.loader` maps a backend name to its
+class and imports only the one chosen, so a CPU machine never imports vLLM. Blocking model calls run off the
+event loop: policies expose `async generate`, reward models a synchronous `score_batch` that the server's
+micro-batcher calls in a worker thread.
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ class RewardBackend(Protocol):
     def close(self) -> None: ...
 
 
+class Cancelled(Exception):
+    """The caller asked to stop (e.g. its client disconnected)."""
+
+
 class BackendError(RuntimeError):
     """A backend failed for a reason that is not the client's fault (remote down, engine error)."""
 
@@ -104,7 +110,7 @@ class PolicySpec:
 
 @dataclass(frozen=True)
 class RewardSpec:
-    backend: Literal["hf", "remote"] = "hf"
+    backend: Literal["hf", "remote", "judge"] = "hf"
     path: Path | None = None
     url: str | None = None
     remote_model: str | None = None
@@ -130,38 +136,18 @@ def checkpoint_version(path: Path, kind: Kind, allow_unverified: bool) -> str:
     return f"unverified-{path.resolve().name}"
 
 
-def load_policy(spec: PolicySpec) -> PolicyBackend:
-    """Build a policy backend, importing only the implementation that is asked for."""
-    if spec.backend == "hf":
-        from models.policy_hf import HFPolicy
-
-        return HFPolicy.load(spec)
-    if spec.backend == "vllm":
-        from models.policy_vllm import VLLMPolicy
-
-        return VLLMPolicy.load(spec)
-    if spec.backend == "openai":
-        from models.policy_openai import OpenAIPolicy
-
-        return OpenAIPolicy.load(spec)
-    raise ValueError(f"unknown policy backend {spec.backend!r}")
-
-
-def load_reward(spec: RewardSpec) -> RewardBackend:
-    if spec.backend == "hf":
-        from models.reward_hf import HFReward
-
-        return HFReward.load(spec)
-    if spec.backend == "remote":
-        from models.reward_remote import RemoteReward
-
-        return RemoteReward.load(spec)
-    raise ValueError(f"unknown reward backend {spec.backend!r}")
-
-
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """The text before the earliest stop string, and whether one was found."""
     hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
     if not hits:
         return text, False
     return text[: min(hits)], True
+
+
+def resolve_device(device: str) -> str:
+    """`auto` is CUDA when a GPU is visible, else the CPU; any other name is taken as given."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
