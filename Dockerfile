@@ -13,6 +13,7 @@ COPY training ./training
 COPY evaluation ./evaluation
 COPY world ./world
 COPY loadtest ./loadtest
+COPY common ./common
 # vllm (and its torch) come with the base image; installing the extra only checks the pin.
 RUN pip install --no-cache-dir '.[vllm]'
 

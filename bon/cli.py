@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.cli import add_field_flag
+
 
 def _field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each dataclass field (the config's documentation), by field name."""
@@ -43,18 +45,8 @@ def _field_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -
         if dataclasses.is_dataclass(kind):
             _field_flags(parser, kind, prefix=f"{name}.")
             continue
-        flag = f"--{name.replace('_', '-')}"
         default = f.default if f.default is not dataclasses.MISSING else "computed"
-        help_text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
-        base = typing.get_args(kind)[0] if typing.get_origin(kind) in (typing.Union, type(int | None)) else kind
-        if base is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif typing.get_origin(base) is typing.Literal:
-            parser.add_argument(flag, dest=name, choices=typing.get_args(base), default=None, help=help_text)
-        else:
-            convert = base if base in (int, float, str, Path) else str
-            parser.add_argument(flag, dest=name, type=convert, default=None, help=help_text,
-                                metavar=base.__name__.upper() if isinstance(base, type) else "VALUE")
+        add_field_flag(parser, name, kind, f"{docs.get(f.name, '')} (default: {default})")
 
 
 def _build_config(cls: type, args: argparse.Namespace, prefix: str = "") -> Any:
@@ -259,10 +251,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from server.settings import ConfigError
+
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args.func(args)
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        raise SystemExit(f"bon {args.command}: {exc}") from None
 
 
 if __name__ == "__main__":

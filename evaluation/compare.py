@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,12 +38,14 @@ from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 import world
+from common.servers import free_port, start_server
 from evaluation.compare_config import CompareConfig
 from models.chat import prompt_ids, user
 from models.checkpoint import read_manifest, verify, write_json_atomic
-from models.sampling import SamplingParams, sample
+from models.sampling import SamplingParams, sample_answers
 from training.common import mean_ci95
-from training.evaluate import load_policy
+from training.dpo import answer_log_ratios
+from training.evaluate import decode_answer, load_policy
 from training.rm import score_texts
 
 log = logging.getLogger(__name__)
@@ -154,42 +155,15 @@ def load_reward_model(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     return model.eval(), AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
 
 
-def sample_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], k: int,
-                   cfg: CompareConfig, seed: int, desc: str) -> tuple[list[list[int]], list[list[list[int]]]]:
-    """Prompt ids, and `k` answers' ids per prompt (end-of-turn appended when sampled); deterministic given seed."""
-    generator = torch.Generator().manual_seed(seed)
-    eos = tokenizer.eos_token_id
-    heads = [prompt_ids(tokenizer, user(p)) for p in prompts]
-    answers: list[list[list[int]]] = []
-    step = max(1, ROWS_PER_BATCH // k)
-    for i in tqdm(range(0, len(heads), step), desc=desc, unit="batch", dynamic_ncols=True):
-        groups = sample(model, heads[i : i + step], k, SamplingParams(cfg.max_new_tokens, cfg.temperature),
-                        stop_ids={eos}, pad_id=tokenizer.pad_token_id, generator=generator)
-        answers.extend([s.token_ids + ([eos] if s.finish_reason == "stop" else []) for s in g] for g in groups)
-    return heads, answers
-
-
-def log_ratios(policy: PreTrainedModel, reference: PreTrainedModel, heads: Sequence[list[int]],
-               answers: Sequence[Sequence[list[int]]], pad_id: int, batch: int = 32) -> np.ndarray:
-    """Σ_t log π − log π_ref over each answer's tokens: (prompts, answers)."""
-    from training.dpo import sequence_logps  # the DPO trainer's summed answer log-probs
-
-    seqs = [h + a for h, group in zip(heads, answers, strict=True) for a in group]
-    starts = [len(h) for h, group in zip(heads, answers, strict=True) for _ in group]
-    out: list[float] = []
-    with torch.no_grad():
-        for i in range(0, len(seqs), batch):
-            mine, ref = (sequence_logps(m, seqs[i : i + batch], starts[i : i + batch], pad_id)[0]
-                         for m in (policy, reference))
-            out.extend((mine - ref).tolist())
-    return np.array(out).reshape(len(heads), -1)
-
-
 def build_pool(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                k: int, cfg: CompareConfig, seed: int, reward: tuple[PreTrainedModel, PreTrainedTokenizerBase],
                reference: PreTrainedModel | None = None) -> Pool:
-    heads, answers = sample_answers(model, tokenizer, prompts, k, cfg, seed, f"sampling {name} ({k} per prompt)")
-    texts = [[tokenizer.decode(a, skip_special_tokens=True).strip() for a in group] for group in answers]
+    # `k` answers per prompt (end-of-turn appended when sampled), deterministic given seed.
+    heads = [prompt_ids(tokenizer, user(p)) for p in prompts]
+    answers = sample_answers(model, tokenizer, heads, k, SamplingParams(cfg.max_new_tokens, cfg.temperature),
+                             generator=torch.Generator().manual_seed(seed), batch_prompts=max(1, ROWS_PER_BATCH // k),
+                             desc=f"sampling {name} ({k} per prompt)")
+    texts = [[decode_answer(tokenizer, a) for a in group] for group in answers]
     flat = [(p, t) for p, group in zip(prompts, texts, strict=True) for t in group]
     log.info("%s: scoring %d answers with the reward model and the gold judge", name, len(flat))
     rm = np.array(score_texts(*reward, flat)).reshape(len(prompts), k)
@@ -197,7 +171,9 @@ def build_pool(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     tokens = np.array([[len(a) for a in group] for group in answers], dtype=np.float64)
     ratio = None
     if reference is not None:
-        ratio = log_ratios(model, reference, heads, answers, tokenizer.pad_token_id)
+        # Σ_t log π − log π_sft over each answer's tokens: (prompts, answers)
+        ratio = np.array(answer_log_ratios(model, reference, heads, answers, tokenizer.pad_token_id)).reshape(
+            len(prompts), k)
     return Pool(name, texts, tokens, rm, gold, ratio)
 
 
@@ -211,9 +187,19 @@ def _label(policy: str, best_of: int) -> str:
     return policy.upper() if best_of == 1 else f"{policy.upper()} + BoN-{best_of}"
 
 
+def _kl_method(tuned: bool, best_of: int) -> str:
+    """How a row's KL to SFT is made: `kl_estimate` is the selection's plug-in KL plus `kl_drift`, the tuned
+    policy's Monte Carlo drift from SFT; `kl_bound` is the selection's analytic bound alone."""
+    if not tuned:
+        return "bon-plugin"
+    return "monte-carlo" if best_of == 1 else "bon-plugin+monte-carlo"
+
+
 def method_row(pool: Pool, best_of: int, sft: Pool) -> dict[str, Any]:
-    """Gold and proxy reward, KL to SFT, win rate against SFT and offline token cost of Best-of-N on `pool`."""
-    gold, gold_ci = mean_ci95(bon_mean(pool.rm, pool.gold, best_of).tolist())
+    """Gold and proxy reward, KL to SFT, win rate against SFT and offline token cost of Best-of-N on `pool`;
+    `gold_per_prompt` keeps each prompt's estimate, for the paired tests across N."""
+    gold_per_prompt = bon_mean(pool.rm, pool.gold, best_of).tolist()
+    gold, gold_ci = mean_ci95(gold_per_prompt)
     proxy, proxy_ci = mean_ci95(bon_mean(pool.rm, pool.rm, best_of).tolist())
     selection_kl = np.array([bon_kl_plugin(r, t, best_of) for r, t in zip(pool.rm, pool.texts, strict=True)])
     if pool.log_ratio is None:  # Best-of-N on SFT itself
@@ -228,11 +214,11 @@ def method_row(pool: Pool, best_of: int, sft: Pool) -> dict[str, Any]:
     return {
         "label": _label(pool.name, best_of), "policy": pool.name, "best_of": best_of,
         "gold_reward_mean": gold, "gold_reward_ci95": gold_ci, "rm_reward_mean": proxy, "rm_reward_ci95": proxy_ci,
-        "kl_estimate": kl, "kl_estimate_ci95": kl_ci, "kl_bound": kl_bound(best_of) + float(drift.mean()),
-        "kl_method": "monte-carlo" if pool.log_ratio is not None and best_of == 1 else "bon-plugin",
+        "kl_estimate": kl, "kl_estimate_ci95": kl_ci, "kl_bound": kl_bound(best_of), "kl_drift": float(drift.mean()),
+        "kl_method": _kl_method(pool.log_ratio is not None, best_of),
         "win_rate_vs_sft": win, "win_rate_vs_sft_ci95": win_ci,
         "tokens_per_answer": best_of * float(pool.tokens.mean()),
-        "samples_per_prompt": pool.rm.shape[1], "prompts": pool.rm.shape[0],
+        "samples_per_prompt": pool.rm.shape[1], "prompts": pool.rm.shape[0], "gold_per_prompt": gold_per_prompt,
     }
 
 
@@ -240,56 +226,20 @@ def method_row(pool: Pool, best_of: int, sft: Pool) -> dict[str, Any]:
 # Latency and cost through the server
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def running_server(policies: dict[str, Path], reward: Path, cfg: CompareConfig, max_best_of: int) -> Iterator[str]:
     """`bon serve` on a free port with every policy and the reward model; yields its base URL once ready."""
-    import httpx
-
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "bon.cli", "serve", "--port", str(port), "--reward", str(reward),
                "--device", cfg.device, "--max-best-of", str(max_best_of), "--default-best-of", "1",
                "--max-tokens", str(max(cfg.max_new_tokens, 1)), "--default-max-tokens", str(cfg.max_new_tokens),
                "--log-level", "warning"]
     for name, path in policies.items():
         command += ["--policy", f"{name}={path}"]
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as server_log:
-        process = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT,
-                                   env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
-
-        def failure(why: str) -> RuntimeError:
-            server_log.seek(0)
-            return RuntimeError(f"bon serve {why}:\n{server_log.read().decode(errors='replace')[-4000:]}")
-
-        try:
-            deadline = time.monotonic() + cfg.server_timeout
-            while True:
-                if process.poll() is not None:
-                    raise failure(f"exited with status {process.returncode}")
-                try:
-                    if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise failure(f"was not ready within {cfg.server_timeout:.0f} s")
-                time.sleep(0.2)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with tempfile.TemporaryDirectory() as logs, start_server(
+            command, f"http://127.0.0.1:{port}", Path(logs) / "serve.log",
+            env=os.environ | {"TOKENIZERS_PARALLELISM": "false"}) as server:
+        yield server.wait("/ready", cfg.server_timeout).url
 
 
 async def _warm_then_measure(load: Any, point: Any) -> Any:
@@ -357,72 +307,151 @@ def training_cost(path: Path) -> dict[str, Any]:
             else f"unknown: the manifest has no train_seconds_this_run ({steps} records in training_history.json)"}
 
 
+def _equal_gold(target: float, bon: Sequence[dict[str, Any]], cost_key: str) -> tuple[float, float | None] | None:
+    """N of the cheapest Best-of-N on SFT whose gold reaches `target` (interpolated on log N between the measured
+    N around it) and its cost per answer (linearly in N); None when no measured N reaches it. `bon`: sorted by N."""
+    hit = next((k for k, r in enumerate(bon) if r["gold_reward_mean"] >= target), None)
+    if hit is None:
+        return None
+    hi = bon[hit]
+    if hit == 0:
+        return float(hi["best_of"]), hi.get(cost_key)
+    lo = bon[hit - 1]
+    t = (target - lo["gold_reward_mean"]) / (hi["gold_reward_mean"] - lo["gold_reward_mean"])
+    n_equal = math.exp(math.log(lo["best_of"]) + t * (math.log(hi["best_of"]) - math.log(lo["best_of"])))
+    if lo.get(cost_key) is None or hi.get(cost_key) is None:
+        return n_equal, None
+    share = (n_equal - lo["best_of"]) / (hi["best_of"] - lo["best_of"])
+    return n_equal, lo[cost_key] + share * (hi[cost_key] - lo[cost_key])
+
+
+def _break_even_at(target: float, tuned_cost: float | None, train_seconds: float | None,
+                   bon: Sequence[dict[str, Any]], cost_key: str) -> dict[str, Any]:
+    """The break-even if the tuned policy's gold reward were `target`: its outcome and the figures behind it."""
+    out: dict[str, Any] = {"gold_reward": target, "equal_gold_best_of": None, "bon_cost_per_answer": None,
+                           "saving_per_answer": None, "answers": None}
+    match = _equal_gold(target, bon, cost_key)
+    if match is None:
+        return out | {"outcome": "no N matches"}
+    n_equal, bon_cost = match
+    out |= {"equal_gold_best_of": n_equal, "bon_cost_per_answer": bon_cost}
+    if n_equal == 1.0:
+        return out | {"outcome": "SFT alone matches"}
+    if bon_cost is None or tuned_cost is None:
+        return out | {"outcome": "no cost measured"}
+    saving = bon_cost - tuned_cost
+    out["saving_per_answer"] = saving
+    if saving <= 0:
+        return out | {"outcome": "no saving"}
+    if train_seconds is None:
+        return out | {"outcome": "training cost unknown"}
+    return out | {"outcome": "repaid", "answers": train_seconds / saving}
+
+
+def _break_even_text(name: str, top: int, train_seconds: float | None, b: dict[str, Any]) -> str:
+    outcome, n_equal = b["outcome"], b["equal_gold_best_of"]
+    if outcome == "no N matches":
+        return (f"No N matches: Best-of-N on SFT stays below {name}'s gold reward up to N = {top}, so there is no "
+                f"break-even within the measured N ({name} beats every one of them).")
+    if outcome == "SFT alone matches":
+        return f"Never repaid: the SFT policy alone (N=1) already matches {name}'s gold reward."
+    if outcome == "no cost measured":
+        return (f"SFT BoN-{n_equal:.1f} matches {name}'s gold reward; no measured cost per answer (--no-server), "
+                "so no break-even.")
+    if outcome == "no saving":
+        return f"Never repaid: SFT BoN-{n_equal:.1f} matches {name}'s gold reward at no higher cost per answer."
+    if outcome == "training cost unknown":
+        return (f"SFT BoN-{n_equal:.1f} matches {name}'s gold reward and costs {b['saving_per_answer']:.4g} "
+                "device-s more per answer; training cost unknown.")
+    return (f"SFT BoN-{n_equal:.1f} matches {name}'s gold reward at {b['saving_per_answer']:.4g} device-s more per "
+            f"answer: {name}'s {train_seconds:.0f} device-s of training are repaid after {b['answers']:,.0f} answers.")
+
+
+def _break_even_end(top: int, b: dict[str, Any]) -> str:
+    """One end of the interval, in a few words."""
+    outcome, n_equal = b["outcome"], b["equal_gold_best_of"]
+    if outcome == "repaid":
+        return f"{b['answers']:,.0f} answers (SFT BoN-{n_equal:.1f})"
+    if outcome == "no N matches":
+        return f"no N ≤ {top} matches"
+    if outcome == "SFT alone matches":
+        return "never repaid (the SFT policy alone matches)"
+    if outcome == "no saving":
+        return f"never repaid (SFT BoN-{n_equal:.1f} costs no more)"
+    return f"SFT BoN-{n_equal:.1f} matches"
+
+
 def break_even(tuned: dict[str, Any], bon: Sequence[dict[str, Any]], train_seconds: float | None,
                cost_key: str = "device_seconds_per_answer") -> dict[str, Any]:
     """After how many answers the tuned policy's training cost is repaid by serving it at N=1 instead of Best-of-N
     on SFT at equal gold reward: the cheapest N whose gold reaches the tuned policy's (interpolated on log N
-    between the measured N around it; its cost linearly in N)."""
-    name, target = tuned["label"], tuned["gold_reward_mean"]
+    between the measured N around it; its cost linearly in N). The same is solved at both ends of the tuned
+    policy's gold 95% CI (`gold_ci95_ends`), which is how uncertain the break-even is."""
+    name, gold, ci = tuned["label"], tuned["gold_reward_mean"], tuned["gold_reward_ci95"]
     bon = sorted(bon, key=lambda r: r["best_of"])
     top = bon[-1]["best_of"]
-    out: dict[str, Any] = {"policy": tuned["policy"], "gold_reward": target, "train_device_seconds": train_seconds}
-    hit = next((k for k, r in enumerate(bon) if r["gold_reward_mean"] >= target), None)
-    if hit is None:
-        return out | {"equal_gold_best_of": None, "answers": 0, "text": (
-            f"BoN never reaches it within N ≤ {top}: {name} dominates (break-even after 0 answers).")}
-    hi = bon[hit]
-    if hit == 0 and hi["best_of"] == 1:
-        return out | {"equal_gold_best_of": 1.0, "answers": None, "text": (
-            f"Never repaid: the SFT policy alone (N=1) already matches {name}'s gold reward.")}
-    n_equal, bon_cost = float(hi["best_of"]), hi.get(cost_key)
-    if hit > 0:
-        lo = bon[hit - 1]
-        t = (target - lo["gold_reward_mean"]) / (hi["gold_reward_mean"] - lo["gold_reward_mean"])
-        n_equal = math.exp(math.log(lo["best_of"]) + t * (math.log(hi["best_of"]) - math.log(lo["best_of"])))
-        bon_cost = None
-        if lo.get(cost_key) is not None and hi.get(cost_key) is not None:
-            share = (n_equal - lo["best_of"]) / (hi["best_of"] - lo["best_of"])
-            bon_cost = lo[cost_key] + share * (hi[cost_key] - lo[cost_key])
-    out |= {"equal_gold_best_of": n_equal, "bon_cost_per_answer": bon_cost,
-            "tuned_cost_per_answer": tuned.get(cost_key)}
-    if bon_cost is None or tuned.get(cost_key) is None:
-        return out | {"answers": None, "text": f"SFT BoN-{n_equal:.1f} matches {name}'s gold reward; no measured "
-                                               "cost per answer (--no-server), so no break-even."}
-    saving = bon_cost - tuned[cost_key]
-    out["saving_per_answer"] = saving
-    if saving <= 0:
-        return out | {"answers": None, "text": (
-            f"Never repaid: SFT BoN-{n_equal:.1f} matches {name}'s gold reward at no higher cost per answer.")}
-    if train_seconds is None:
-        return out | {"answers": None, "text": f"SFT BoN-{n_equal:.1f} matches {name}'s gold reward and costs "
-                                               f"{saving:.4g} device-s more per answer; training cost unknown."}
-    answers = train_seconds / saving
-    return out | {"answers": answers, "text": (
-        f"SFT BoN-{n_equal:.1f} matches {name}'s gold reward at {saving:.4g} device-s more per answer: "
-        f"{name}'s {train_seconds:.0f} device-s of training are repaid after {answers:,.0f} answers.")}
+    tuned_cost = tuned.get(cost_key)
+    central = _break_even_at(gold, tuned_cost, train_seconds, bon, cost_key)
+    lower, upper = (_break_even_at(g, tuned_cost, train_seconds, bon, cost_key) for g in (gold - ci, gold + ci))
+    text = (f"{_break_even_text(name, top, train_seconds, central)} Over {name}'s gold 95% CI: at "
+            f"{gold - ci:.3f}, {_break_even_end(top, lower)}; at {gold + ci:.3f}, {_break_even_end(top, upper)}.")
+    return {"policy": tuned["policy"], "train_device_seconds": train_seconds, "tuned_cost_per_answer": tuned_cost,
+            **central, "gold_reward_ci95": ci, "gold_ci95_ends": [lower, upper], "text": text}
 
 
-def overoptimisation(rows: Sequence[dict[str, Any]], sft: Pool) -> dict[str, Any]:
-    """Gold and proxy gains of Best-of-N on SFT over N=1, in standard deviations of the SFT answers' scores."""
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Mean of a − b over prompts, paired (both figures of a prompt come from its same answers), with its 95% CI
+    and two-sided p-value: a paired test under the normal approximation, like every CI of the report."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(diff) < 2:
+        raise ValueError("a paired test needs two prompts or more")
+    mean, se = float(diff.mean()), float(diff.std(ddof=1)) / math.sqrt(len(diff))
+    z = mean / se if se > 0 else math.copysign(math.inf, mean) if mean else 0.0
+    return {"mean": mean, "ci95": 1.96 * se, "p_value": math.erfc(abs(z) / math.sqrt(2)), "prompts": len(diff)}
+
+
+def fall_test(rows: Sequence[dict[str, Any]], seed: int) -> dict[str, Any] | None:
+    """Does gold fall between its peak and the largest N? Every N is estimated from the same answers, so the test
+    pairs the N by prompt; and the peak is a maximum picked from the data, so it is picked on one random half of
+    the prompts and tested on the other. Also, for reference, the same difference on all prompts with the peak
+    picked on them too (optimistic: the data chose what it tests). None with fewer than 4 prompts or 2 N."""
+    rows = sorted(rows, key=lambda r: r["best_of"])
+    gold = np.array([r["gold_per_prompt"] for r in rows])  # (N values, prompts)
+    prompts = gold.shape[1]
+    if len(rows) < 2 or prompts < 4:
+        return None
+    ns, last = [r["best_of"] for r in rows], len(rows) - 1
+    order = np.random.default_rng(seed).permutation(prompts)
+    picking, testing = np.sort(order[: prompts // 2]), np.sort(order[prompts // 2 :])
+    peak = int(np.argmax(gold[:, picking].mean(axis=1)))
+    peak_all = int(np.argmax(gold.mean(axis=1)))
+    return {"picking_prompts": picking.tolist(), "peak_best_of": ns[peak], "max_best_of": ns[last],
+            "held_out": paired_difference(gold[peak, testing], gold[last, testing]) if peak < last else None,
+            "all_prompts_peak_best_of": ns[peak_all],
+            "all_prompts": paired_difference(gold[peak_all], gold[last]) if peak_all < last else None}
+
+
+def overoptimisation(rows: Sequence[dict[str, Any]], sft: Pool, seed: int) -> dict[str, Any]:
+    """Gold and proxy gains of Best-of-N on SFT over N=1, in standard deviations of the SFT answers' scores, and
+    the verdict: gold falls only when `fall_test`'s held-out half says so (p < 0.05)."""
     rows = sorted(rows, key=lambda r: r["best_of"])
     sd_gold, sd_rm = float(sft.gold.std()) or 1.0, float(sft.rm.std()) or 1.0
     gold = [(r["gold_reward_mean"] - rows[0]["gold_reward_mean"]) / sd_gold for r in rows]
     proxy = [(r["rm_reward_mean"] - rows[0]["rm_reward_mean"]) / sd_rm for r in rows]
     ns = [r["best_of"] for r in rows]
-    peak = int(np.argmax(gold))
-    last = rows[-1]
+    test = fall_test(rows, seed)
+    held = test and test["held_out"]
     if len(rows) < 2 or proxy[-1] <= proxy[max(0, len(rows) - 2)]:
         verdict = "the proxy does not keep rising with N"
-    elif peak < len(rows) - 1 and last["gold_reward_mean"] < rows[peak]["gold_reward_mean"] - rows[peak][
-            "gold_reward_ci95"]:
-        verdict = f"gold falls after N={ns[peak]} while the proxy keeps rising: overoptimisation"
+    elif held and held["mean"] > 0 and held["p_value"] < 0.05:
+        verdict = f"gold falls after N={test['peak_best_of']} while the proxy keeps rising: overoptimisation"
     elif gold[-1] - gold[-2] < 0.25 * (proxy[-1] - proxy[-2]):
-        verdict = f"gold flattens while the proxy keeps rising (last doubling: gold +{gold[-1] - gold[-2]:.2f} σ, " \
-                  f"proxy +{proxy[-1] - proxy[-2]:.2f} σ)"
+        verdict = f"gold flattens while the proxy keeps rising (last doubling: gold {gold[-1] - gold[-2]:+.2f} σ, " \
+                  f"proxy {proxy[-1] - proxy[-2]:+.2f} σ)"
     else:
         verdict = f"gold keeps rising with the proxy up to N={ns[-1]}: no overoptimisation in this range"
     return {"best_of": ns, "gold_gain_sd": gold, "proxy_gain_sd": proxy, "gold_sd": sd_gold, "proxy_sd": sd_rm,
-            "gold_peak_best_of": ns[peak], "verdict": verdict}
+            "gold_peak_best_of": ns[int(np.argmax(gold))], "fall_test": test, "verdict": verdict}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -491,7 +520,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         "break_even": {name: break_even(next(r for r in rows if r["policy"] == name and r["best_of"] == 1), sft_rows,
                                         costs[name]["device_seconds"])
                        for name in tuned_paths if 1 in cfg.tuned_best_of},
-        "overoptimisation": overoptimisation(sft_rows, pools["sft"]),
+        "overoptimisation": overoptimisation(sft_rows, pools["sft"], cfg.seed),
         "seconds": round(time.time() - started, 1),
     }
     cfg.out.mkdir(parents=True, exist_ok=True)

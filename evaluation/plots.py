@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtest.report import write_atomic
+from common.files import write_atomic
+from loadtest.report import png
 
 PLOTS = ("reward_vs_kl.png", "overoptimisation.png", "gold_vs_cost.png", "gold_vs_latency.png")
 COLORS = {"sft": "tab:blue", "dpo": "tab:orange", "ppo": "tab:green"}
@@ -42,7 +43,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     def save(fig: Any, name: str) -> None:
         fig.tight_layout()
-        write_atomic(out / name, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        write_atomic(out / name, png(fig, dpi=110))
         plt.close(fig)
         paths.append(out / name)
 
@@ -56,8 +57,8 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
             ax.errorbar(xs, ys, xerr=[r["kl_estimate_ci95"] for r in rows],
                         yerr=[r[key.replace("mean", "ci95")] for r in rows], fmt="o-", color=COLORS.get(policy),
                         capsize=2, label=f"{_name(policy)}: estimate")
-            ax.plot([r["kl_bound"] for r in rows], ys, ":", color=COLORS.get(policy), alpha=0.6,
-                    label=f"{_name(policy)}: analytic bound")
+            ax.plot([r["kl_bound"] + r["kl_drift"] for r in rows], ys, ":", color=COLORS.get(policy), alpha=0.6,
+                    label=f"{_name(policy)}: analytic bound" + ("" if policy == "sft" else " + MC drift"))
             _annotate_n(ax, xs, ys, rows)
         ax.set(xlabel="KL to SFT (nats per answer)", ylabel=title.lower(), title=f"{title} vs KL (labels: N)")
         ax.grid(alpha=0.3)
@@ -128,9 +129,40 @@ def _f(value: Any, spec: str = ".3f") -> str:
 
 
 def _kl_cell(r: dict[str, Any]) -> str:
+    estimate = f"{r['kl_estimate']:.2f} ± {r['kl_estimate_ci95']:.2f}"
     if r["kl_method"] == "monte-carlo":
-        return f"{r['kl_estimate']:.2f} ± {r['kl_estimate_ci95']:.2f} (measured)"
-    return f"{r['kl_estimate']:.2f} ± {r['kl_estimate_ci95']:.2f} (bound {r['kl_bound']:.2f})"
+        return f"{estimate} (Monte Carlo)"
+    if r["kl_method"] == "bon-plugin+monte-carlo":
+        return f"{estimate} (bound {r['kl_bound']:.2f} + MC drift {r['kl_drift']:.2f})"
+    return f"{estimate} (bound {r['kl_bound']:.2f})"
+
+
+def _interval(d: dict[str, Any]) -> str:
+    """A paired difference as its mean, 95% CI and p-value."""
+    return (f"{d['mean']:+.3f} (95% CI {d['mean'] - d['ci95']:+.3f} to {d['mean'] + d['ci95']:+.3f}, "
+            f"p = {d['p_value']:.2g})")
+
+
+def _fall_test_text(test: dict[str, Any] | None, prompts: int, seed: int) -> str:
+    """What the overoptimisation verdict's test did and found, for the report."""
+    if test is None:
+        return "No test of a fall in gold: it needs at least 4 prompts and 2 values of N."
+    half = len(test["picking_prompts"])
+    text = (f"Test of a fall: every N is estimated from the same answers, so gold at two N is compared paired by "
+            f"prompt, and a peak picked as the maximum is tested on other prompts than those it was picked on. The "
+            f"{prompts} prompts were split at random (seed {seed}) into {half} and {prompts - half}; on the first, "
+            f"gold peaks at N={test['peak_best_of']}")
+    if test["held_out"] is None:
+        text += ", the largest N, so there is no fall to test."
+    else:
+        text += (f"; on the second, gold at N={test['peak_best_of']} minus gold at N={test['max_best_of']} is "
+                 f"{_interval(test['held_out'])}; paired test, normal approximation; a fall is claimed when the "
+                 "difference is positive with p < 0.05.")
+    if test["all_prompts"] is not None:
+        text += (f" On all {prompts} prompts, with the peak (N={test['all_prompts_peak_best_of']}) picked on them "
+                 f"too, the same difference is {_interval(test['all_prompts'])}: optimistic, as the data chose the "
+                 "comparison it tests.")
+    return text
 
 
 def _table(results: dict[str, Any]) -> list[str]:
@@ -173,16 +205,19 @@ def write_report(results: dict[str, Any], path: Path) -> None:
     else:
         lines += [f"Latency and cost: not measured ({server['reason']}); cost is tokens generated per answer.", ""]
     lines += _table(results)
-    lines += ["", "◆ on the Pareto frontier of gold reward against cost. KL: Best-of-N rows give the plug-in "
-              "estimate ± 95% CI and the analytic bound log N − (N−1)/N (plus, on a tuned policy, its own "
-              "measured drift from SFT); tuned rows at N=1 are Monte Carlo over their samples. Win rate: "
-              "P(gold of the method's answer > gold of an SFT answer), ties half.", ""]
+    lines += ["", "◆ on the Pareto frontier of gold reward against cost. KL: Best-of-N rows on SFT give the plug-in "
+              "estimate ± 95% CI and the analytic bound log N − (N−1)/N; tuned rows at N=1 are Monte Carlo over "
+              "their samples; Best-of-N on a tuned policy gives the plug-in estimate of the selection plus the "
+              "Monte Carlo drift of the selected answers from SFT, ± 95% CI, and beside it \"bound + MC drift\": "
+              "the analytic bound covers the selection's share only, the drift is an estimate, not a bound. "
+              "Win rate: P(gold of the method's answer > gold of an SFT answer), ties half.", ""]
     lines += ["## Reward vs KL", "", "![gold and proxy reward vs KL](reward_vs_kl.png)", "",
               "## Overoptimisation: gold vs proxy as N grows", "", "![gold vs proxy reward vs N](overoptimisation.png)",
               "", f"Best-of-N on SFT: {over['verdict']}. From N={over['best_of'][0]} to N={over['best_of'][-1]} the "
               f"proxy rises by {over['proxy_gain_sd'][-1]:+.2f} σ and gold by {over['gold_gain_sd'][-1]:+.2f} σ "
               f"(gold peaks at N={over['gold_peak_best_of']}; σ: the SFT answers' standard deviation of each "
-              f"score, gold {over['gold_sd']:.3f}, proxy {over['proxy_sd']:.3f}).", ""]
+              f"score, gold {over['gold_sd']:.3f}, proxy {over['proxy_sd']:.3f}).", "",
+              _fall_test_text(over["fall_test"], results["prompts"]["count"], cfg["seed"]), ""]
     lines += ["## Gold reward vs cost and latency", "", "![gold reward vs cost](gold_vs_cost.png)", ""]
     if server["measured"]:
         lines += ["![gold reward vs latency](gold_vs_latency.png)", ""]
@@ -192,15 +227,19 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         lines += ["## Break-even of training", "",
                   "Training cost is the trainer's wall time × its processes, from the checkpoint's manifest "
                   "(`figures.train_seconds_this_run × hyperparameters.world_size`; a resumed run counts its last "
-                  "leg only), on the machine that trained it. It is repaid by the cost per answer saved by serving "
+                  "leg only), on the machine that trained it: from the method's own preparation (DPO's reference "
+                  "log-probs, PPO's reward-normalisation rollouts) to its last update, periodic validation "
+                  "included, the final evaluation not. It is repaid by the cost per answer saved by serving "
                   "the tuned policy at N=1 instead of the cheapest Best-of-N on SFT with equal gold reward "
-                  "(N interpolated on log N).", ""]
+                  "(N interpolated on log N). The break-even is solved again at both ends of the tuned policy's "
+                  "gold 95% CI; the Best-of-N curve's own uncertainty is left out, and would widen the range.",
+                  ""]
         for name, b in results["break_even"].items():
             seconds = _f(results["training_cost"][name]["device_seconds"], ".0f")
             lines.append(f"- **{name.upper()}** (training: {seconds} device-s): {b['text']}")
         lines.append("")
     lines += [f"Generated by `bon eval compare` in {results['seconds']:.0f} s; every figure is in results.json.", ""]
-    write_atomic(path, lambda tmp: tmp.write_text("\n".join(lines)))
+    write_atomic(path, "\n".join(lines))
 
 
 def format_summary(results: dict[str, Any]) -> str:

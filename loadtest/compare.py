@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from loadtest.report import _load_label, _log2_if_spread, write_atomic, write_json
+from common.files import write_atomic
+from loadtest.report import _load_label, _log2_if_spread, png, write_json
 
 METRICS = ("sent", "answered", "errors", "latency_s_p50", "latency_s_p90", "latency_s_p95", "latency_s_p99",
            "ttft_s_p50", "throughput_rps", "generated_tokens_per_answer", "returned_tokens_per_answer",
@@ -117,7 +118,7 @@ def _plot(rows: list[dict[str, Any]], names: tuple[str, str], out: Path) -> Path
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
     fig.tight_layout()
-    write_atomic(out / PLOT, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    write_atomic(out / PLOT, png(fig, dpi=100))
     plt.close(fig)
     return out / PLOT
 

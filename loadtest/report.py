@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.files import write_atomic
 from loadtest.runner import Point, PointResult
 
 CSV_FIELDS = ("loop", "concurrency", "rate", "best_of", "request_id", "start_s", "status", "error", "latency_s",
@@ -21,14 +22,11 @@ CSV_FIELDS = ("loop", "concurrency", "rate", "best_of", "request_id", "start_s",
 PLOTS = ("latency_vs_best_of.png", "throughput_vs_concurrency.png", "latency_cdf.png")
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Let `write` fill a temporary sibling, then rename it over `path`: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def png(fig: Any, dpi: int) -> bytes:
+    """A matplotlib figure as PNG bytes, for `write_atomic`."""
+    data = io.BytesIO()
+    fig.savefig(data, format="png", dpi=dpi)
+    return data.getvalue()
 
 
 def point_fields(point: Point) -> dict[str, Any]:
@@ -38,29 +36,28 @@ def point_fields(point: Point) -> dict[str, Any]:
 
 def write_csv(results: Sequence[PointResult], path: Path) -> None:
     """One row per request sent, in CSV_FIELDS order."""
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            out = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            out.writeheader()
-            for result in results:
-                for r in result.records:
-                    out.writerow({
-                        **point_fields(result.point), "request_id": r.request_id, "start_s": f"{r.start:.6f}",
-                        "status": r.status, "error": r.error, "latency_s": r.latency, "ttft_s": r.ttft,
-                        "itl_mean_s": float(np.mean(r.itls)) if r.itls else None,
-                        "itl_max_s": max(r.itls) if r.itls else None,
-                        "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                        "generated_tokens": r.generated_tokens, "choices": r.choices,
-                        "finish_reasons": ";".join(r.finish_reasons), "reward": r.reward, "queue_s": r.queue_s,
-                        "sample_s": r.sample_s, "score_s": r.score_s, "device_seconds": r.device_seconds,
-                        "device_source": r.device_source, "policy_version": r.policy_version,
-                        "rm_version": r.rm_version,
-                    })
-    write_atomic(path, write)
+    text = io.StringIO(newline="")
+    out = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+    out.writeheader()
+    for result in results:
+        for r in result.records:
+            out.writerow({
+                **point_fields(result.point), "request_id": r.request_id, "start_s": f"{r.start:.6f}",
+                "status": r.status, "error": r.error, "latency_s": r.latency, "ttft_s": r.ttft,
+                "itl_mean_s": float(np.mean(r.itls)) if r.itls else None,
+                "itl_max_s": max(r.itls) if r.itls else None,
+                "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                "generated_tokens": r.generated_tokens, "choices": r.choices,
+                "finish_reasons": ";".join(r.finish_reasons), "reward": r.reward, "queue_s": r.queue_s,
+                "sample_s": r.sample_s, "score_s": r.score_s, "device_seconds": r.device_seconds,
+                "device_source": r.device_source, "policy_version": r.policy_version,
+                "rm_version": r.rm_version,
+            })
+    write_atomic(path, text.getvalue())
 
 
 def write_json(summary: dict[str, Any], path: Path) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n"))
+    write_atomic(path, json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def _load_label(p: dict[str, Any]) -> str:
@@ -84,7 +81,7 @@ def write_plots(points: Sequence[dict[str, Any]], results: Sequence[PointResult]
 
     def save(fig: Any, name: str) -> Path:
         fig.tight_layout()
-        write_atomic(out / name, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+        write_atomic(out / name, png(fig, dpi=100))
         plt.close(fig)
         return out / name
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from common.files import replacing_directory, write_atomic
 
 MANIFEST = "manifest.json"
 Kind = Literal["policy", "reward"]
@@ -81,13 +81,7 @@ def _version(method: str, files: dict[str, str]) -> str:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON so that a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def write_checkpoint(
@@ -102,13 +96,11 @@ def write_checkpoint(
 ) -> Manifest:
     """Build a checkpoint in a temporary sibling directory, hash it, then move it into place.
 
-    `save(tmp_dir)` writes the model and tokenizer (e.g. `save_pretrained`). A crash at any point leaves
-    either the previous checkpoint or the new one at `out_dir`, never a partial directory.
+    `save(tmp_dir)` writes the model and tokenizer (e.g. `save_pretrained`). `out_dir` never holds a partial
+    directory: a crash leaves the previous checkpoint or the new one there, or, between the two renames of
+    `swap_directory`, the previous one whole beside it.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with replacing_directory(Path(out_dir)) as tmp:
         save(tmp)
         unsafe = [p.name for p in tmp.rglob("*") if p.suffix in _PICKLE_SUFFIXES]
         if unsafe:
@@ -123,25 +115,8 @@ def write_checkpoint(
             files=files,
             version=_version(method, files),
         )
-        with open(tmp / MANIFEST, "w") as f:
-            f.write(manifest.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_atomic(tmp / MANIFEST, manifest.to_json())
     return manifest
-
-
-def _swap_into_place(new: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}-{time.time_ns()}"
-        os.rename(target, old)
-    os.rename(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_json_object(file: Path) -> dict[str, Any]:

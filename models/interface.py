@@ -5,12 +5,13 @@ few helpers) and imports no backend. Implementations live beside it (`policy_hf`
 `policy_openai`, `reward_hf`, `reward_remote`, `reward_judge`); `models.loader` maps a backend name to its
 class and imports only the one chosen, so a CPU machine never imports vLLM. Blocking model calls run off the
 event loop: policies expose `async generate`, reward models a synchronous `score_batch` that the server's
-micro-batcher calls in a worker thread.
+micro-batcher calls in a worker thread (for Best-of-N scoring and for `/classify` alike).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ Message = dict[str, Any]
 FinishReason = Literal["stop", "length"]
 ScoreItem = tuple[Sequence[Message], str]
 """What a reward model scores: the conversation so far and one candidate answer to it."""
+Activation = Literal["sigmoid", "identity"]
+"""What vLLM's `/classify` applies to a one-label model's raw score unless the request says `use_activation: false`."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,14 @@ class Generation:
     prompt_tokens: int
 
 
+@dataclass(frozen=True)
+class Score:
+    value: float
+    """The raw scalar reward (no activation)."""
+    tokens: int
+    """Tokens the reward model read for this item; 0 where none are read or the remote server does not say."""
+
+
 class PolicyBackend(Protocol):
     name: str
     version: str
@@ -75,9 +86,13 @@ class PolicyBackend(Protocol):
 
 class RewardBackend(Protocol):
     version: str
+    activation: Activation
+    """vLLM's default activation for this model (`classify_activation` of its config), applied by `/classify`."""
+    label: str | None
+    """The model's name for its one label (`id2label[0]`, `LABEL_0` unless renamed); None where it has none here."""
 
-    def score_batch(self, items: Sequence[ScoreItem]) -> list[float]:
-        """One raw scalar reward per item (blocking; called from a worker thread)."""
+    def score_batch(self, items: Sequence[ScoreItem]) -> list[Score]:
+        """One score per item, in order (blocking; called from a worker thread)."""
         ...
 
     def close(self) -> None: ...
@@ -134,6 +149,24 @@ def checkpoint_version(path: Path, kind: Kind, allow_unverified: bool) -> str:
         raise CheckpointError(f"{path}: no safetensors weights")
     log.warning("%s has no manifest; serving it unverified", path)
     return f"unverified-{path.resolve().name}"
+
+
+def classify_activation(config: object | None) -> Activation:
+    """vLLM 0.32's default activation of a one-label model with this Hugging Face config (None: no config here,
+    as for a remote RM: vLLM's generic one-label default).
+
+    vLLM (`model_executor/layers/pooler/activations.py`, `get_act_fn`) follows transformers' loss for the config's
+    `problem_type`: `regression` is the identity (the raw score even with `use_activation: true`; bon's RM trainer
+    sets it); any other one-label model gets a sigmoid.
+    """
+    return "identity" if getattr(config, "problem_type", None) == "regression" else "sigmoid"
+
+
+def activate(activation: Activation, score: float) -> float:
+    """`score` through `activation` (a sigmoid that does not overflow for large |score|)."""
+    if activation == "identity":
+        return score
+    return 1 / (1 + math.exp(-score)) if score >= 0 else math.exp(score) / (1 + math.exp(score))
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

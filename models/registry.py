@@ -15,7 +15,7 @@ import json
 import re
 import struct
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,6 @@ class CheckpointInfo:
     valid: bool | None = None
     """None: not checked (manifest read only); True/False after a full verification."""
     error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Registry:

@@ -14,11 +14,21 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from models.batching import pad_batch
 from models.chat import scored_ids
 from models.checkpoint import CheckpointError
-from models.interface import RewardSpec, ScoreItem, checkpoint_version, resolve_device
+from models.interface import RewardSpec, Score, ScoreItem, checkpoint_version, classify_activation, resolve_device
 
 log = logging.getLogger(__name__)
+
+
+def score_sequences(model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """Raw scalar scores (B,) of token-id sequences, right-padded: the head's single logit, never a softmax.
+
+    The RM trainer scores with it (loss and figures) as this backend does, so both read a sequence alike.
+    """
+    ids, mask = pad_batch(seqs, pad_id, device=next(model.parameters()).device)  # (B, T)
+    return model(input_ids=ids, attention_mask=mask).logits[:, 0]  # (B,)
 
 
 class HFReward:
@@ -35,7 +45,8 @@ class HFReward:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.version = version
-        self._device = next(model.parameters()).device
+        self.activation = classify_activation(model.config)
+        self.label: str | None = (model.config.id2label or {}).get(0)
         limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
         self.max_length = min(x for x in limits if isinstance(x, int) and x > 0)
 
@@ -58,17 +69,12 @@ class HFReward:
         return [s[: self.max_length] for s in seqs]
 
     @torch.inference_mode()
-    def score_batch(self, items: Sequence[ScoreItem]) -> list[float]:
+    def score_batch(self, items: Sequence[ScoreItem]) -> list[Score]:
         if not items:
             return []
         seqs = self.encode(items)
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
-        logits = self.model(input_ids=ids.to(self._device), attention_mask=mask.to(self._device)).logits  # (B, 1)
-        return logits[:, 0].float().tolist()
+        values = score_sequences(self.model, seqs, self.tokenizer.pad_token_id).float().tolist()
+        return [Score(value, len(s)) for value, s in zip(values, seqs, strict=True)]
 
     def close(self) -> None:
         pass

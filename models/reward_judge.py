@@ -14,13 +14,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import world
-from models.interface import RewardSpec, ScoreItem
+from models.interface import Activation, RewardSpec, Score, ScoreItem
 
 
 class JudgeReward:
     """`RewardBackend` over `world.score(prompt, answer)`: the last user turn is the prompt."""
 
     version = "gold-judge"
+    activation: Activation = "identity"
+    """The judge's score is a reward already, not a logit."""
+    label: str | None = None
 
     def __init__(self) -> None:
         self._score = world.score
@@ -30,11 +33,12 @@ class JudgeReward:
         """The judge has no weights: a spec with backend "judge" is all it needs."""
         return cls()
 
-    def score_batch(self, items: Sequence[ScoreItem]) -> list[float]:
+    def score_batch(self, items: Sequence[ScoreItem]) -> list[Score]:
+        """The gold judge reads text, not tokens: every score has `tokens` 0."""
         out = []
         for messages, answer in items:
             prompt = next((str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), "")
-            out.append(float(self._score(prompt, answer)))
+            out.append(Score(float(self._score(prompt, answer)), 0))
         return out
 
     def close(self) -> None:

@@ -3,8 +3,9 @@
 Each candidate goes as vLLM's chat form, `{"model", "messages": [..., assistant answer], "use_activation":
 false}`, so the remote server renders its own RM's chat template and returns the raw score, not a sigmoid of it:
 `/classify` answers `{"data": [{"probs": [score], ...}], "usage": ...}`, `/pooling` answers
-`{"data": [{"data": [score]}], "usage": ...}`. The chat form takes one conversation per call, so a batch is sent
-as concurrent calls; the remote server batches them again on its side.
+`{"data": [{"data": [score]}], "usage": ...}`, `usage.prompt_tokens` counting what the remote RM read. The chat
+form takes one conversation per call, so a batch is sent as concurrent calls; the remote server batches them again
+on its side.
 
 `use_activation: false` is what keeps the Bradley-Terry score raw. vLLM 0.32 (checked against
 `vllm serve RM --runner pooling`, tests/models/test_reward_vllm.py) otherwise applies the pooler's default
@@ -22,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from models.interface import BackendError, RewardSpec, ScoreItem
+from models.interface import Activation, BackendError, RewardSpec, Score, ScoreItem
 
 _RETRYABLE = {408, 429, 500, 502, 503, 504}
 
@@ -35,16 +36,22 @@ def _first_float(value: Any) -> float:
     return float(value)
 
 
-def parse_score(body: dict[str, Any]) -> float:
-    """The score in a `/classify` (`probs`) or `/pooling` (`data`) response."""
+def parse_score(body: dict[str, Any]) -> Score:
+    """The score in a `/classify` (`probs`) or `/pooling` (`data`) response, with its `usage.prompt_tokens`."""
     try:
         item = body["data"][0]
-        return _first_float(item["probs"] if "probs" in item else item["data"])
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        value = _first_float(item["probs"] if "probs" in item else item["data"])
+        tokens = int((body.get("usage") or {}).get("prompt_tokens") or 0)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise BackendError(f"unexpected reward response: {str(body)[:300]}") from exc
+    return Score(value, tokens)
 
 
 class RemoteReward:
+    activation: Activation = "sigmoid"
+    """The RM's config is on its server: vLLM's generic one-label default."""
+    label: str | None = None
+
     def __init__(self, url: str, model: str | None = None, *, timeout_s: float = 60.0, retries: int = 2,
                  api_key: str | None = None, concurrency: int = 32):
         self.url = url
@@ -64,7 +71,7 @@ class RemoteReward:
         return cls(spec.url, spec.remote_model, timeout_s=opts.get("timeout_s", 60.0),
                    retries=opts.get("retries", 2), api_key=opts.get("api_key"))
 
-    def _score_one(self, item: ScoreItem) -> float:
+    def _score_one(self, item: ScoreItem) -> Score:
         messages, answer = item
         payload: dict[str, Any] = {"messages": [*messages, {"role": "assistant", "content": answer}],
                                    "use_activation": False}
@@ -86,7 +93,7 @@ class RemoteReward:
                 time.sleep(min(0.1 * 2**attempt, 2.0))
         raise BackendError(f"reward server {self.url} failed: {last_error}")
 
-    def score_batch(self, items: Sequence[ScoreItem]) -> list[float]:
+    def score_batch(self, items: Sequence[ScoreItem]) -> list[Score]:
         return list(self._pool.map(self._score_one, items))
 
     def close(self) -> None:

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from tqdm import tqdm
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from models.batching import pad_batch, position_ids
 from models.interface import Cancelled
 
 # transformers 5.24 renames `past_key_values` to `cache`; the GPU image's 5.17 knows only the old name.
@@ -67,13 +69,8 @@ def sample(
 ) -> list[list[Sample]]:
     """Sample `n` continuations of each prompt; returns one list of `n` samples per prompt, in order."""
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        input_ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-        attention[i, width - len(p) :] = 1
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (P, L) left padding shifts positions
+    input_ids, attention = pad_batch(prompts, pad_id, left=True, device=device)  # (P, L)
+    positions = position_ids(attention)  # (P, L)
     cache = DynamicCache()
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
                 use_cache=True)
@@ -109,3 +106,22 @@ def sample(
         logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
     return [[Sample(tokens[p * n + k], finish[p * n + k]) for k in range(n)] for p in range(len(prompts))]
+
+
+def sample_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
+                   k: int, params: SamplingParams, *, generator: torch.Generator | None = None, batch_prompts: int = 16,
+                   desc: str | None = None) -> list[list[list[int]]]:
+    """`k` answers' token ids per prompt, the end-of-turn token appended to each answer that emitted it.
+
+    `batch_prompts` prompts are sampled together (`sample`), all drawing from `generator`; `desc` names a
+    progress bar on stderr.
+    """
+    eos = tokenizer.eos_token_id
+    out: list[list[list[int]]] = []
+    starts = range(0, len(prompts), batch_prompts)
+    for i in tqdm(starts, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=desc is None):
+        groups = sample(model, prompts[i : i + batch_prompts], k, params, stop_ids={eos},
+                        pad_id=tokenizer.pad_token_id, generator=generator)
+        out.extend([s.token_ids + [eos] if s.finish_reason == "stop" else s.token_ids for s in group]
+                   for group in groups)
+    return out

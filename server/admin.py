@@ -5,7 +5,8 @@ A load never touches the request path: the checkpoint is validated (`models.regi
 hashes, safetensors, architecture, tokenizer) and loaded in a worker thread, warmed up with one real small
 generation and scoring, and only then switched in with one assignment of `state.served`. Requests in flight
 keep the snapshot they started with, and a swapped-out backend is closed after its last request
-(`state.leases`). Any failure answers with the reason and leaves the old model serving.
+(`state.leases`). A checkpoint that fails is refused with the reason (`LOAD_FAILURES`), a server bug is a 500;
+either way the old model serves on.
 
 One admin change at a time: a second one while another runs is answered 409 (`swap_in_progress`, with
 Retry-After) at once instead of queueing behind a load that may take minutes; reads are never blocked.
@@ -16,53 +17,69 @@ has changed since): keeping the old model resident would double the memory every
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.checkpoint import CheckpointError, Kind, Manifest
 from models.interface import PolicySpec, RewardSpec
 from models.loader import load_policy, load_reward
 from models.registry import CheckpointNotFound, OutsideRoot, Registry, validate_checkpoint
-from server.errors import APIError, from_validation_error, invalid
+from server.admin_protocol import (
+    BestOf,
+    CheckpointList,
+    LoadPolicy,
+    LoadReward,
+    ModelsStatus,
+    PolicyStatus,
+    PolicySwap,
+    RewardStatus,
+    SetBestOf,
+    Swap,
+    SwapTimings,
+    Unload,
+    Version,
+)
+from server.errors import APIError, invalid
+from server.http import authorize_admin, parse_body
 from server.pipeline import lookup, require_ready
-from server.state import PolicyEntry, ServerState, close_reward, warm_up_policy, warm_up_reward
+from server.state import PolicyEntry, Served, ServerState, close_reward, warm_up_policy, warm_up_reward
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-M = TypeVar("M", bound=BaseModel)
+LOAD_FAILURES = (OSError, ValueError, RuntimeError)
+"""What validating, loading or warming up a checkpoint raises when the checkpoint is at fault, not the server:
+the registry's refusals (`CheckpointError`, a `ValueError`), files that cannot be read (`OSError`), configs that
+transformers or vLLM refuse (`ValueError`), weights that do not fit the config, an engine that does not start, a
+backend's failure or a warm-up without a finite score (`RuntimeError`, `BackendError` among them). A load that
+fails so is refused (400/404); anything else is a server bug, answered 500. Either way the old model serves on."""
 
 
-class LoadPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass(frozen=True)
+class _Held:
+    """A model as a swap handles it: what its leases count, its version, and how it is closed."""
 
-    checkpoint: str
-    """A directory under the checkpoint root, relative to it (`dpo`, `runs/ppo-3`) or absolute inside it."""
-    best_of: int | None = Field(default=None, ge=1)
-    """The policy's default best_of; the replaced policy's (or the server default) if unset."""
-
-
-class SetBestOf(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    best_of: int = Field(ge=1)
+    backend: object
+    version: str
+    close: Callable[[], Awaitable[None]]
 
 
-class LoadReward(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass(frozen=True)
+class _Incoming:
+    """A loaded model, not serving yet: warmed up, then installed into `Served` (or closed if either fails)."""
 
-    checkpoint: str
+    held: _Held
+    warm_up: Callable[[], Awaitable[None]]
+    install: Callable[[Served], Served]
 
 
 @dataclass(frozen=True)
@@ -78,8 +95,8 @@ class Loaded:
     best_of: int | None = None
     loaded_at: float | None = None
 
-    def describe(self) -> dict[str, Any]:
-        return {"version": self.version, "checkpoint": self.checkpoint, "loaded_at": self.loaded_at}
+    def describe(self) -> Version:
+        return Version(version=self.version, checkpoint=self.checkpoint, loaded_at=self.loaded_at)
 
 
 class Admin:
@@ -133,7 +150,7 @@ class Admin:
 
     # Policies
 
-    async def load_policy(self, name: str, checkpoint: str, best_of: int | None) -> dict[str, Any]:
+    async def load_policy(self, name: str, checkpoint: str, best_of: int | None) -> PolicySwap:
         _check_name(name)
         async with self._exclusive():
             settings = self.state.settings
@@ -151,7 +168,7 @@ class Admin:
             self.policy_history.setdefault(name, []).append(record)
             return report
 
-    async def set_best_of(self, name: str, best_of: int) -> dict[str, Any]:
+    async def set_best_of(self, name: str, best_of: int) -> BestOf:
         self._check_best_of(best_of)
         async with self._exclusive():
             served = require_ready(self.state)
@@ -161,9 +178,9 @@ class Admin:
             history = self.policy_history.get(name)
             if history:
                 history[-1] = replace(history[-1], best_of=best_of)
-            return {"object": "policy", "name": name, "version": entry.version, "default_best_of": best_of}
+            return BestOf(name=name, version=entry.version, default_best_of=best_of)
 
-    async def unload_policy(self, name: str) -> dict[str, Any]:
+    async def unload_policy(self, name: str) -> Unload:
         async with self._exclusive():
             served = require_ready(self.state)
             entry = lookup(served, name)
@@ -175,9 +192,9 @@ class Admin:
             in_flight = self.state.leases.count(entry.backend)
             await self.state.leases.retire(entry.backend, entry.backend.close)
             log.info("unloaded policy %s (%s); %d requests still finishing on it", name, entry.version, in_flight)
-            return {"object": "unload", "name": name, "version": entry.version, "in_flight": in_flight}
+            return Unload(name=name, version=entry.version, in_flight=in_flight)
 
-    async def rollback_policy(self, name: str) -> dict[str, Any]:
+    async def rollback_policy(self, name: str) -> PolicySwap:
         _check_name(name)
         async with self._exclusive():
             history = self.policy_history.get(name, [])
@@ -198,48 +215,31 @@ class Admin:
             return report
 
     async def _swap_policy(self, name: str, spec: PolicySpec, best_of: int, checkpoint: str, from_registry: bool,
-                           expect: str | None = None) -> tuple[Loaded, dict[str, Any]]:
-        started = time.perf_counter()
-        metrics = self.state.metrics
-        before = require_ready(self.state).policies.get(name)
-        backend = None
-        try:
-            if spec.path is not None:
-                manifest = await asyncio.to_thread(self._validate, spec.path, "policy", from_registry)
-                _check_expected(manifest, expect)
-            validated = time.perf_counter()
+                           expect: str | None = None) -> tuple[Loaded, PolicySwap]:
+        async def load() -> _Incoming:
             backend = await asyncio.to_thread(load_policy, spec)
-            loaded = time.perf_counter()
-            served = require_ready(self.state)
-            with self.state.leases.hold(served.reward):
-                await warm_up_policy(name, backend, served.scorer)
-        except Exception as exc:
-            if backend is not None:
-                await backend.close()
-            metrics.swaps.labels(target="policy", result="failed").inc()
-            still = f"{name!r} still serves {before.version}" if before else f"nothing is served as {name!r}"
-            log.warning("loading %s as policy %s failed: %s", checkpoint, name, exc)
-            raise _refusal(exc, f"loading {checkpoint!r} as policy {name!r} failed", still) from None
-        warmed = time.perf_counter()
-        current = require_ready(self.state)
-        old = current.policies.get(name)
-        entry = PolicyEntry(backend, best_of, spec.backend)
-        self.state.switch(replace(current, policies=MappingProxyType({**current.policies, name: entry})))
-        switched_at = time.time()
-        in_flight = self.state.leases.count(old.backend) if old else 0
-        metrics.swaps.labels(target="policy", result="ok").inc()
-        metrics.swap_duration.labels(target="policy").observe(time.perf_counter() - started)
-        log.info("policy %s now serves %s (was %s; %d requests still finishing on it)", name, backend.version,
-                 old.version if old else None, in_flight)
-        if old is not None:
-            await self.state.leases.retire(old.backend, old.backend.close)
-        record = Loaded(spec, backend.version, checkpoint, from_registry, best_of, switched_at)
-        return record, _report("policy", name, checkpoint, backend.version, old.version if old else None,
-                               switched_at, in_flight, started, validated, loaded, warmed, default_best_of=best_of)
+
+            async def warm_up() -> None:
+                served = require_ready(self.state)
+                with self.state.leases.hold(served.reward):
+                    await warm_up_policy(name, backend, served.scorer)
+
+            def install(served: Served) -> Served:
+                entry = PolicyEntry(backend, best_of, spec.backend)
+                return replace(served, policies=MappingProxyType({**served.policies, name: entry}))
+
+            return _Incoming(_Held(backend, backend.version, backend.close), warm_up, install)
+
+        def serving(served: Served) -> _Held | None:
+            entry = served.policies.get(name)
+            return _Held(entry.backend, entry.version, entry.backend.close) if entry else None
+
+        record, swap = await self._swap("policy", name, spec, checkpoint, from_registry, expect, load, serving)
+        return replace(record, best_of=best_of), PolicySwap(**dict(swap), default_best_of=best_of)
 
     # Reward model
 
-    async def load_reward(self, checkpoint: str) -> dict[str, Any]:
+    async def load_reward(self, checkpoint: str) -> Swap:
         async with self._exclusive():
             settings = self.state.settings
             path = self._resolve(checkpoint)
@@ -248,7 +248,7 @@ class Admin:
             self.reward_history.append(record)
             return report
 
-    async def rollback_reward(self) -> dict[str, Any]:
+    async def rollback_reward(self) -> Swap:
         async with self._exclusive():
             if len(self.reward_history) < 2:
                 raise APIError(409, "the reward model has no previous version to roll back to",
@@ -265,68 +265,88 @@ class Admin:
             return report
 
     async def _swap_reward(self, spec: RewardSpec, checkpoint: str, from_registry: bool,
-                           expect: str | None = None) -> tuple[Loaded, dict[str, Any]]:
+                           expect: str | None = None) -> tuple[Loaded, Swap]:
+        async def load() -> _Incoming:
+            reward = await asyncio.to_thread(load_reward, spec)
+            scorer = self.state.make_scorer(reward)
+
+            def install(served: Served) -> Served:
+                return replace(served, reward=reward, scorer=scorer)
+
+            return _Incoming(_Held(reward, reward.version, partial(close_reward, reward, scorer)),
+                             partial(warm_up_reward, scorer), install)
+
+        def serving(served: Served) -> _Held:
+            return _Held(served.reward, served.reward.version, partial(close_reward, served.reward, served.scorer))
+
+        return await self._swap("reward", "reward", spec, checkpoint, from_registry, expect, load, serving)
+
+    async def _swap(self, target: Kind, name: str, spec: PolicySpec | RewardSpec, checkpoint: str,
+                    from_registry: bool, expect: str | None, load: Callable[[], Awaitable[_Incoming]],
+                    serving: Callable[[Served], _Held | None]) -> tuple[Loaded, Swap]:
+        """Validate `spec`, `load` it and warm it up off the request path, then switch it in for what `serving`
+        finds; the replaced model is closed after its last request. A failure leaves the old model serving."""
         started = time.perf_counter()
+        what = f"policy {name!r}" if target == "policy" else "the reward model"
         metrics = self.state.metrics
-        reward = scorer = None
+        incoming = None
         try:
             if spec.path is not None:
-                manifest = await asyncio.to_thread(self._validate, spec.path, "reward", from_registry)
+                manifest = await asyncio.to_thread(self._validate, spec.path, target, from_registry)
                 _check_expected(manifest, expect)
             validated = time.perf_counter()
-            reward = await asyncio.to_thread(load_reward, spec)
+            incoming = await load()
             loaded = time.perf_counter()
-            scorer = self.state.make_scorer(reward)
-            await warm_up_reward(scorer)
-        except Exception as exc:
-            if scorer is not None and reward is not None:
-                await close_reward(reward, scorer)
-            elif reward is not None:
-                reward.close()
-            metrics.swaps.labels(target="reward", result="failed").inc()
-            still = f"the reward model is still {require_ready(self.state).reward.version}"
-            log.warning("loading %s as the reward model failed: %s", checkpoint, exc)
-            raise _refusal(exc, f"loading {checkpoint!r} as the reward model failed", still) from None
+            await incoming.warm_up()
+        except BaseException as exc:
+            if incoming is not None:
+                await incoming.held.close()
+            metrics.swaps.labels(target=target, result="failed").inc()
+            if not isinstance(exc, LOAD_FAILURES):
+                raise  # a server bug (a 500, logged with its traceback) or a cancellation, not a refusal
+            before = serving(require_ready(self.state))
+            still = f"{what} still serves {before.version}" if before else f"nothing is served as {what}"
+            log.warning("loading %s as %s failed: %s", checkpoint, what, exc)
+            raise _refusal(exc, f"loading {checkpoint!r} as {what} failed", still) from None
         warmed = time.perf_counter()
         current = require_ready(self.state)
-        old_reward, old_scorer = current.reward, current.scorer
-        self.state.switch(replace(current, reward=reward, scorer=scorer))
+        old = serving(current)
+        self.state.switch(incoming.install(current))
         switched_at = time.time()
-        in_flight = self.state.leases.count(old_reward)
-        metrics.swaps.labels(target="reward", result="ok").inc()
-        metrics.swap_duration.labels(target="reward").observe(time.perf_counter() - started)
-        log.info("the reward model is now %s (was %s; %d requests still finishing on it)", reward.version,
-                 old_reward.version, in_flight)
-
-        async def close_old() -> None:
-            await close_reward(old_reward, old_scorer)
-
-        await self.state.leases.retire(old_reward, close_old)
-        record = Loaded(spec, reward.version, checkpoint, from_registry, loaded_at=switched_at)
-        return record, _report("reward", "reward", checkpoint, reward.version, old_reward.version, switched_at,
-                               in_flight, started, validated, loaded, warmed)
+        in_flight = self.state.leases.count(old.backend) if old else 0
+        metrics.swaps.labels(target=target, result="ok").inc()
+        metrics.swap_duration.labels(target=target).observe(time.perf_counter() - started)
+        version, previous = incoming.held.version, old.version if old else None
+        log.info("%s now serves %s (was %s; %d requests still finishing on it)", what, version, previous, in_flight)
+        if old is not None:
+            await self.state.leases.retire(old.backend, old.close)
+        timings = SwapTimings(validate_seconds=validated - started, load_seconds=loaded - validated,
+                              warmup_seconds=warmed - loaded, total_seconds=time.perf_counter() - started)
+        swap = Swap(target=target, name=name, checkpoint=checkpoint, version=version, previous_version=previous,
+                    switched_at=switched_at, previous_in_flight=in_flight, timings=timings)
+        return Loaded(spec, version, checkpoint, from_registry, loaded_at=switched_at), swap
 
     # Reads
 
-    def models(self) -> dict[str, Any]:
+    def models(self) -> ModelsStatus:
         self._seed()
         served = require_ready(self.state)
         leases = self.state.leases
         policies = {}
         for name, entry in served.policies.items():
             history = self.policy_history.get(name, [])
-            policies[name] = {"version": entry.version, "backend": entry.backend_kind,
-                              "default_best_of": entry.default_best_of,
-                              "checkpoint": history[-1].checkpoint if history else None,
-                              "in_flight": leases.count(entry.backend),
-                              "history": [h.describe() for h in history]}
-        reward = {"version": served.reward.version,
-                  "checkpoint": self.reward_history[-1].checkpoint if self.reward_history else None,
-                  "in_flight": leases.count(served.reward),
-                  "history": [h.describe() for h in self.reward_history]}
+            policies[name] = PolicyStatus(version=entry.version, backend=entry.backend_kind,
+                                          default_best_of=entry.default_best_of,
+                                          checkpoint=history[-1].checkpoint if history else None,
+                                          in_flight=leases.count(entry.backend),
+                                          history=[h.describe() for h in history])
+        reward = RewardStatus(version=served.reward.version,
+                              checkpoint=self.reward_history[-1].checkpoint if self.reward_history else None,
+                              in_flight=leases.count(served.reward),
+                              history=[h.describe() for h in self.reward_history])
         unloaded = {name: [h.describe() for h in history] for name, history in self.policy_history.items()
                     if name not in served.policies}
-        return {"object": "models", "policies": policies, "reward": reward, "unloaded": unloaded}
+        return ModelsStatus(policies=policies, reward=reward, unloaded=unloaded)
 
 
 def _check_name(name: str) -> None:
@@ -355,22 +375,6 @@ def _refusal(exc: BaseException, doing: str = "", still: str = "") -> APIError:
     return APIError(400, message, param="checkpoint", code="load_failed")
 
 
-def _report(target: Literal["policy", "reward"], name: str, checkpoint: str, version: str, previous: str | None,
-            switched_at: float, in_flight: int, started: float, validated: float, loaded: float, warmed: float,
-            **extra: Any) -> dict[str, Any]:
-    return {"object": "swap", "target": target, "name": name, "checkpoint": checkpoint, "version": version,
-            "previous_version": previous, "switched_at": switched_at, "previous_in_flight": in_flight, **extra,
-            "timings": {"validate_seconds": validated - started, "load_seconds": loaded - validated,
-                        "warmup_seconds": warmed - loaded, "total_seconds": time.perf_counter() - started}}
-
-
-async def _body(request: Request, model: type[M]) -> M:
-    try:
-        return model.model_validate_json(await request.body())
-    except ValidationError as exc:
-        raise from_validation_error(list(exc.errors())) from None
-
-
 def install_admin(app: FastAPI, state: ServerState) -> None:
     """Add the `/admin` routes when an admin key is configured; without one they do not exist (404)."""
     key = state.settings.admin_key
@@ -378,50 +382,47 @@ def install_admin(app: FastAPI, state: ServerState) -> None:
         return
     admin = Admin(state)
     app.state.bon_admin = admin
+    limit = state.settings.max_body_bytes
 
-    async def authorize(request: Request) -> None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
-            raise APIError(401, "invalid or missing admin key (Authorization: Bearer <admin key>)",
-                           code="invalid_admin_key", headers={"WWW-Authenticate": "Bearer"})
+    async def authorized(request: Request) -> None:
+        authorize_admin(request, key)
 
-    router = APIRouter(prefix="/admin", dependencies=[Depends(authorize)])
+    router = APIRouter(prefix="/admin", dependencies=[Depends(authorized)])
 
-    @router.get("/checkpoints")
-    async def checkpoints(verify: bool = False) -> dict[str, Any]:
+    @router.get("/checkpoints", response_model=CheckpointList)
+    async def checkpoints(verify: bool = False) -> CheckpointList:
         found = await asyncio.to_thread(admin.registry.list, verify)
-        return {"object": "list", "root": str(admin.registry.root.resolve()),
-                "data": [info.to_dict() for info in found]}
+        return CheckpointList(root=str(admin.registry.root.resolve()), data=found)
 
-    @router.get("/models")
-    async def models() -> dict[str, Any]:
+    @router.get("/models", response_model=ModelsStatus)
+    async def models() -> ModelsStatus:
         return admin.models()
 
-    @router.post("/policies/{name}")
-    async def load(name: str, request: Request) -> dict[str, Any]:
-        body = await _body(request, LoadPolicy)
+    @router.post("/policies/{name}", response_model=PolicySwap)
+    async def load(name: str, request: Request) -> PolicySwap:
+        body = await parse_body(request, LoadPolicy, limit)
         return await admin.load_policy(name, body.checkpoint, body.best_of)
 
-    @router.patch("/policies/{name}")
-    async def set_best_of(name: str, request: Request) -> dict[str, Any]:
-        body = await _body(request, SetBestOf)
+    @router.patch("/policies/{name}", response_model=BestOf)
+    async def set_best_of(name: str, request: Request) -> BestOf:
+        body = await parse_body(request, SetBestOf, limit)
         return await admin.set_best_of(name, body.best_of)
 
-    @router.delete("/policies/{name}")
-    async def unload(name: str) -> dict[str, Any]:
+    @router.delete("/policies/{name}", response_model=Unload)
+    async def unload(name: str) -> Unload:
         return await admin.unload_policy(name)
 
-    @router.post("/policies/{name}/rollback")
-    async def rollback(name: str) -> dict[str, Any]:
+    @router.post("/policies/{name}/rollback", response_model=PolicySwap)
+    async def rollback(name: str) -> PolicySwap:
         return await admin.rollback_policy(name)
 
-    @router.post("/reward")
-    async def load_reward_model(request: Request) -> dict[str, Any]:
-        body = await _body(request, LoadReward)
+    @router.post("/reward", response_model=Swap)
+    async def load_reward_model(request: Request) -> Swap:
+        body = await parse_body(request, LoadReward, limit)
         return await admin.load_reward(body.checkpoint)
 
-    @router.post("/reward/rollback")
-    async def rollback_reward() -> dict[str, Any]:
+    @router.post("/reward/rollback", response_model=Swap)
+    async def rollback_reward() -> Swap:
         return await admin.rollback_reward()
 
     app.include_router(router)

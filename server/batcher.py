@@ -2,8 +2,9 @@
 
 One asyncio worker takes the oldest waiting job (one request's candidates), then keeps adding jobs until the
 batch holds `max_batch` items or `max_wait_s` has passed since it started, runs one forward pass in a worker
-thread, and resolves each job's future with its slice of the scores. A job is never split: one larger than
-`max_batch` runs alone. While a forward pass runs, new jobs queue up, so batches grow with load by themselves.
+thread, and resolves each job's future with its slice of the scores (whatever the scoring function returns per
+item). A job is never split: one larger than `max_batch` runs alone. While a forward pass runs, new jobs queue
+up, so batches grow with load by themselves.
 A job whose caller went away (its future cancelled) is dropped before it is scored.
 """
 
@@ -18,16 +19,17 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
-class _Job(Generic[T]):
+class _Job(Generic[T, R]):
     items: list[T]
-    future: asyncio.Future[list[float]]
+    future: asyncio.Future[list[R]]
 
 
-class MicroBatcher(Generic[T]):
-    def __init__(self, score: Callable[[list[T]], list[float]], *, max_batch: int, max_wait_s: float,
+class MicroBatcher(Generic[T, R]):
+    def __init__(self, score: Callable[[list[T]], list[R]], *, max_batch: int, max_wait_s: float,
                  on_batch: Callable[[int, float], None] | None = None):
         if max_batch < 1 or max_wait_s < 0:
             raise ValueError("max_batch must be positive and max_wait_s non-negative")
@@ -35,7 +37,7 @@ class MicroBatcher(Generic[T]):
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch
-        self._pending: collections.deque[_Job[T]] = collections.deque()
+        self._pending: collections.deque[_Job[T, R]] = collections.deque()
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
         self._worker: asyncio.Task[None] | None = None
@@ -55,7 +57,7 @@ class MicroBatcher(Generic[T]):
                 job.future.set_exception(RuntimeError("the reward model was shut down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def score(self, items: Sequence[T]) -> list[float]:
+    async def score(self, items: Sequence[T]) -> list[R]:
         """Scores of `items`, in order, computed together with whatever else is waiting."""
         if not items:
             return []
@@ -76,16 +78,16 @@ class MicroBatcher(Generic[T]):
                 return bool(self._pending)
         return True
 
-    def _next_live_job(self) -> _Job[T] | None:
+    def _next_live_job(self) -> _Job[T, R] | None:
         while self._pending and self._pending[0].future.done():
             self._pending.popleft()  # its caller is gone
         return self._pending[0] if self._pending else None
 
-    async def _collect(self) -> list[_Job[T]]:
+    async def _collect(self) -> list[_Job[T, R]]:
         await self._wait_for_job(None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
-        batch: list[_Job[T]] = []
+        batch: list[_Job[T, R]] = []
         size = 0
         while size < self.max_batch:
             job = self._next_live_job()

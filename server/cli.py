@@ -10,32 +10,16 @@ import argparse
 import json
 import logging
 import sys
-import types
 import typing
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from server.settings import Settings, load_settings
+from common.cli import add_field_flag
+from server.settings import ConfigError, Settings, load_settings
 
 _STRUCTURED = {"policies", "reward", "openai_base_urls", "api_keys", "vllm_engine_args", "config"}
-
-
-def _scalar_flag(parser: argparse.ArgumentParser, name: str, annotation: Any, help_text: str) -> None:
-    flag = f"--{name.replace('_', '-')}"
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # X | None
-        annotation = next(a for a in args if a is not type(None))
-        args = typing.get_args(annotation)
-    if annotation is bool:
-        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-    elif typing.get_origin(annotation) is typing.Literal:
-        parser.add_argument(flag, dest=name, choices=list(args), default=None, help=help_text)
-    else:
-        convert = annotation if annotation in (int, float, Path) else str
-        parser.add_argument(flag, dest=name, type=convert, default=None, help=help_text,
-                            metavar=getattr(convert, "__name__", "VALUE").upper())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(Settings)
     for name, field in Settings.model_fields.items():
         if name not in _STRUCTURED:
-            _scalar_flag(parser, name, hints[name], field.description or "")
+            add_field_flag(parser, name, hints[name], field.description or "")
 
 
 def _policies(values: list[str]) -> dict[str, dict[str, str]]:
@@ -85,17 +69,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> None:
-    """Start the server, or exit with a message that says what is wrong with the settings."""
+    """Start the server; a `ConfigError` that says what is wrong when the settings cannot be served."""
     try:
         settings = settings_from_args(args)
     except (ValidationError, ValueError, OSError) as exc:
-        raise SystemExit(f"bon serve: invalid settings: {exc}") from None
+        raise ConfigError(f"invalid settings: {exc}") from exc
     missing = settings.missing_checkpoints()
     if missing:
-        raise SystemExit("bon serve: checkpoints not found:\n  " + "\n  ".join(missing) + "\n"
-                         "Build the embedded default checkpoints with `bon build-default` (they go to "
-                         "$BON_CHECKPOINTS, else ./checkpoints), or name yours with --policy NAME=PATH and "
-                         "--reward PATH, or --config FILE.")
+        raise ConfigError("checkpoints not found:\n  " + "\n  ".join(missing) + "\n"
+                          "Build the embedded default checkpoints with `bon build-default` (they go to "
+                          "$BON_CHECKPOINTS, else ./checkpoints), or name yours with --policy NAME=PATH and "
+                          "--reward PATH, or --config FILE.")
     import uvicorn
 
     from server.app import create_app
@@ -109,4 +93,7 @@ def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m server", description="Best-of-N serving (OpenAI-compatible)")
     add_arguments(parser)
-    serve(parser.parse_args(argv))
+    try:
+        serve(parser.parse_args(argv))
+    except ConfigError as exc:
+        raise SystemExit(f"{parser.prog}: {exc}") from None

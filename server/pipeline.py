@@ -9,7 +9,6 @@ sampling and scoring time, and the text then arrives at once.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import random
@@ -17,15 +16,15 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
 
 from models.interface import BackendError, Cancelled, Generation, GenerationParams, Message, RemoteRequestError
 from server import protocol as p
-from server.errors import APIError, from_validation_error, invalid
+from server.errors import APIError, invalid
+from server.http import authorize, parse_body
 from server.selection import Strategy, select
 from server.settings import Settings
 from server.state import PolicyEntry, Served, ServerState
@@ -33,7 +32,6 @@ from server.state import PolicyEntry, Served, ServerState
 log = logging.getLogger(__name__)
 
 Endpoint = Literal["chat", "completion"]
-R = TypeVar("R", bound=p.OpenAIModel)
 MAX_STOP_STRINGS = 16
 
 
@@ -71,15 +69,6 @@ class Outcome:
 # Validate
 
 
-def authorize(settings: Settings, request: Request) -> None:
-    if not settings.api_keys:
-        return
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(key.strip(), k) for k in settings.api_keys):
-        raise APIError(401, "invalid or missing API key (Authorization: Bearer <key>)", code="invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
-
-
 def require_ready(state: ServerState) -> Served:
     served = state.served
     if served is None:
@@ -87,36 +76,6 @@ def require_ready(state: ServerState) -> Served:
         raise APIError(503, f"the server is not ready{reason}", code="not_ready",
                        headers={"Retry-After": str(state.settings.retry_after_s)})
     return served
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed `limit` bytes (before any parsing)."""
-    too_large = APIError(413, f"the request body exceeds {limit} bytes", code="body_too_large")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse(cls: type[R], body: bytes) -> R:
-    try:
-        req = cls.model_validate_json(body)
-    except ValidationError as exc:
-        raise from_validation_error(list(exc.errors())) from None
-    extras = req.model_extra or {}
-    for field in p.UNSUPPORTED_FIELDS:
-        if extras.get(field) not in (None, False, 0, "none", [], {}):
-            raise invalid(f"{field} is not supported by this server", param=field, code="unsupported_parameter")
-    unknown = sorted(k for k in extras if k not in p.UNSUPPORTED_FIELDS)
-    if unknown:
-        log.warning("ignoring unknown request fields: %s", ", ".join(unknown))
-    return req
 
 
 def lookup(served: Served, model: str) -> PolicyEntry:
@@ -235,7 +194,7 @@ async def best_of_n(served: Served, entry: PolicyEntry, plan: Plan, watcher: Dis
     generation = await entry.backend.generate(plan.messages, plan.best_of, plan.params, plan.seed, watcher.cancelled)
     sampled = time.perf_counter()
     items = [(plan.messages, c.text) for c in generation.candidates]
-    rewards = await watcher.until_gone(served.scorer.score(items))
+    rewards = [s.value for s in await watcher.until_gone(served.scorer.score(items))]
     scored = time.perf_counter()
     chosen = select(plan.selection, [c.text for c in generation.candidates], rewards, plan.n,
                     temperature=plan.selection_temperature, rng=random.Random(plan.seed))
@@ -360,16 +319,16 @@ async def guard(state: ServerState, o: Outcome) -> Outcome:
         log.exception("the guard failed to score an answer; it goes out unguarded")
         return o
     state.metrics.guard_duration.observe(time.perf_counter() - started)
-    return replace(o, guard_reward=float(score))
+    return replace(o, guard_reward=score.value)
 
 
 async def handle(state: ServerState, request: Request, endpoint: Endpoint) -> Response:
     arrived = time.perf_counter()
     settings = state.settings
-    authorize(settings, request)
+    authorize(request, settings.api_keys)
     require_ready(state)
-    body = await read_body(request, settings.max_body_bytes)
-    req = parse(p.ChatCompletionRequest if endpoint == "chat" else p.CompletionRequest, body)
+    req = await parse_body(request, p.ChatCompletionRequest if endpoint == "chat" else p.CompletionRequest,
+                           settings.max_body_bytes)
     # This request's models, whatever is swapped in meanwhile; leased before the next await, so a swap closes
     # them only after this request is done with them.
     served = require_ready(state)

@@ -55,12 +55,12 @@ class BonRequestFields(OpenAIModel):
     selection: Strategy = "argmax"
     """How the returned choices are picked among the candidates: argmax, weighted_vote or soft."""
     selection_temperature: float = Field(default=1.0, gt=0)
-    """tau of the soft strategy: P(candidate) is proportional to exp(reward / tau)."""
+    """tau of the soft and weighted_vote strategies: a candidate weighs exp(reward / tau)."""
     ignore_eos: bool = False
     """vLLM's sampling extension: sample past the end-of-sequence token up to max_tokens (fixed-length runs)."""
 
 
-class ChatCompletionRequest(BonRequestFields):
+class _ChatCompletionFields(OpenAIModel):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -75,7 +75,11 @@ class ChatCompletionRequest(BonRequestFields):
     user: str | None = None
 
 
-class CompletionRequest(BonRequestFields):
+class ChatCompletionRequest(BonRequestFields, _ChatCompletionFields):
+    """OpenAI's fields, then the Best-of-N ones (pydantic puts the fields of the last base class first)."""
+
+
+class _CompletionFields(OpenAIModel):
     model: str
     prompt: str | list[str]
     max_tokens: int | None = Field(default=None, ge=1)
@@ -89,6 +93,10 @@ class CompletionRequest(BonRequestFields):
     user: str | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     """Not in the legacy API; accepted here as in chat completions."""
+
+
+class CompletionRequest(BonRequestFields, _CompletionFields):
+    """OpenAI's fields, then the Best-of-N ones (pydantic puts the fields of the last base class first)."""
 
 
 class ClassifyRequest(OpenAIModel):

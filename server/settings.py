@@ -33,6 +33,11 @@ from models.interface import PolicySpec, RewardSpec
 PolicyBackendName = Literal["hf", "vllm", "openai"]
 
 
+class ConfigError(ValueError):
+    """Settings that cannot be served: invalid values, or checkpoints that are not there. The command-line entry
+    points turn it into their exit message."""
+
+
 class PolicyConfig(BaseModel):
     """One served policy, named by the request's `model` field."""
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from models.interface import GenerationParams, PolicyBackend, RewardBackend, ScoreItem
+from models.interface import GenerationParams, PolicyBackend, RewardBackend, Score, ScoreItem
 from models.loader import load_policy, load_reward
 from server.admission import Admission
 from server.batcher import MicroBatcher
@@ -45,7 +45,7 @@ class PolicyEntry:
 class Served:
     policies: Mapping[str, PolicyEntry]
     reward: RewardBackend
-    scorer: MicroBatcher[ScoreItem]
+    scorer: MicroBatcher[ScoreItem, Score]
 
     async def close(self) -> None:
         await self.scorer.stop()
@@ -75,18 +75,18 @@ def load_guard(settings: Settings) -> RewardBackend | None:
     return load_reward(settings.guard_spec())
 
 
-async def warm_up_policy(name: str, backend: PolicyBackend, scorer: MicroBatcher[ScoreItem]) -> None:
+async def warm_up_policy(name: str, backend: PolicyBackend, scorer: MicroBatcher[ScoreItem, Score]) -> None:
     """One real small generation, scored: raises if either fails."""
     generation = await backend.generate(WARMUP_MESSAGES, 2, GenerationParams(max_tokens=4), 0, lambda: False)
-    scores = await scorer.score([(WARMUP_MESSAGES, c.text) for c in generation.candidates])
+    scores = [s.value for s in await scorer.score([(WARMUP_MESSAGES, c.text) for c in generation.candidates])]
     if len(scores) != 2 or not all(math.isfinite(s) for s in scores):
         raise RuntimeError(f"warm-up of policy {name}: the reward model returned {scores}")
 
 
-async def warm_up_reward(scorer: MicroBatcher[ScoreItem]) -> None:
+async def warm_up_reward(scorer: MicroBatcher[ScoreItem, Score]) -> None:
     """One real small scoring batch: raises unless it gives one finite score per answer."""
     answers = ("Sure! You could build a pillow fort together.", "No.")
-    scores = await scorer.score([(WARMUP_MESSAGES, a) for a in answers])
+    scores = [s.value for s in await scorer.score([(WARMUP_MESSAGES, a) for a in answers])]
     if len(scores) != len(answers) or not all(math.isfinite(s) for s in scores):
         raise RuntimeError(f"warm-up of the reward model: it returned {scores}")
 
@@ -153,7 +153,7 @@ class Leases:
         await asyncio.gather(*self._closing, return_exceptions=True)
 
 
-async def close_reward(reward: RewardBackend, scorer: MicroBatcher[ScoreItem]) -> None:
+async def close_reward(reward: RewardBackend, scorer: MicroBatcher[ScoreItem, Score]) -> None:
     await scorer.stop()
     reward.close()
 
@@ -175,11 +175,11 @@ class ServerState:
     def ready(self) -> bool:
         return self.served is not None
 
-    def make_scorer(self, reward: RewardBackend) -> MicroBatcher[ScoreItem]:
+    def make_scorer(self, reward: RewardBackend) -> MicroBatcher[ScoreItem, Score]:
         def on_batch(size: int, seconds: float) -> None:
             self.metrics.observe_batch(size, seconds, reward.version)
 
-        scorer: MicroBatcher[ScoreItem] = MicroBatcher(
+        scorer: MicroBatcher[ScoreItem, Score] = MicroBatcher(
             reward.score_batch, max_batch=self.settings.rm_max_batch,
             max_wait_s=self.settings.rm_max_wait_ms / 1000, on_batch=on_batch)
         scorer.start()

@@ -18,7 +18,7 @@ from training.rm_config import RMConfig
 from training.sft_config import ModelShape, SFTConfig
 
 if TYPE_CHECKING:
-    from tests.server.conftest import Server
+    from common.servers import Server
 
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]
@@ -70,13 +70,10 @@ def vllm_server(tiny_checkpoints: Path, log_dir: Path) -> Iterator[Server]:
     from tests.server.conftest import launch_server
 
     # Eager mode: torch.compile would add a minute to each engine start on 2 cores and gain nothing at this size.
-    server = launch_server(tiny_checkpoints, log_dir, "--policy-backend", "vllm", "--vllm-engine-args",
-                           '{"enforce_eager": true}', "--max-best-of", "32", "--max-in-flight", "16",
-                           "--max-prompt-tokens", "4096", "--default-best-of", "4")
-    try:
+    with launch_server(tiny_checkpoints, log_dir, "--policy-backend", "vllm", "--vllm-engine-args",
+                       '{"enforce_eager": true}', "--max-best-of", "32", "--max-in-flight", "16",
+                       "--max-prompt-tokens", "4096", "--default-best-of", "4") as server:
         yield server.wait(timeout_s=300)
-    finally:
-        server.stop()
 
 
 def tiny_rm_config(out: Path, parent: Path, **overrides: object) -> RMConfig:

@@ -2,6 +2,7 @@
 
     bon/ (CLI) ──> server/ ──> models/ <── training/ <── evaluation/ ──> loadtest/
                                       world/  (used by training, evaluation, loadtest and the judge backend)
+                                      common/ (used by all but world; imports none of ours)
 
 Files are parsed with `ast`, never imported, so every import counts: at module level, inside functions, under
 `if TYPE_CHECKING:`, absolute and relative. An arrow not drawn above is an import the layout forbids.
@@ -17,17 +18,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-OURS = ("bon", "server", "models", "training", "evaluation", "loadtest", "world")
+OURS = ("bon", "server", "models", "training", "evaluation", "loadtest", "world", "common")
 
-# Which of our other packages each package may import: the arrows of the drawing, and no more.
+# Which of our other packages each package may import: the arrows of the drawing, and no more. common/ (atomic
+# files, flags from typed fields, server processes) sits under every package but world/, which needs none of ours.
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "bon": frozenset(OURS) - {"bon"},  # the CLI sits on top and may reach everything
-    "server": frozenset({"models"}),  # HTTP only: backends, the judge included, come through models/
-    "models": frozenset({"world"}),  # the judge reward backend scores with world's gold judge
-    "training": frozenset({"models", "world"}),
-    "evaluation": frozenset({"training", "models", "loadtest", "world"}),
-    "loadtest": frozenset({"world"}),  # talks HTTP to any server; world only for its prompts
-    "world": frozenset(),  # standard library only, checked below
+    "server": frozenset({"models", "common"}),  # HTTP only: backends, the judge included, come through models/
+    "models": frozenset({"world", "common"}),  # the judge reward backend scores with world's gold judge
+    "training": frozenset({"models", "world", "common"}),
+    "evaluation": frozenset({"training", "models", "loadtest", "world", "common"}),
+    "loadtest": frozenset({"world", "common"}),  # talks HTTP to any server; world only for its prompts
+    "world": frozenset(),  # standard library only, checked below: the embedded world does without common/ too
+    "common": frozenset(),  # standard library only, checked below
 }
 
 
@@ -77,10 +80,11 @@ def test_package_does_not_import(package: str, forbidden: str) -> None:
     assert not offending, f"{package}/ must not import {forbidden}/ (DESIGN.md, layout): {offending}"
 
 
-def test_world_uses_the_standard_library_only() -> None:
-    allowed = set(sys.stdlib_module_names) | {"__future__", "world"}
-    offending = [(top, where) for top, where in imports_of("world") if top not in allowed]
-    assert not offending, f"world/ imports only the standard library and itself: {offending}"
+@pytest.mark.parametrize("package", ["world", "common"])
+def test_package_uses_the_standard_library_only(package: str) -> None:
+    allowed = set(sys.stdlib_module_names) | {"__future__", package}
+    offending = [(top, where) for top, where in imports_of(package) if top not in allowed]
+    assert not offending, f"{package}/ imports only the standard library and itself: {offending}"
 
 
 def test_every_top_level_package_is_checked() -> None:

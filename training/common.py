@@ -12,12 +12,10 @@ import json
 import logging
 import os
 import random
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as torch_dist
@@ -25,19 +23,56 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from common.files import replacing_directory
 from models.checkpoint import Kind, Manifest, write_checkpoint, write_json_atomic
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Dist:
+    """This process among the data-parallel processes of a run (rank 0 of 1 without `torchrun`)."""
+
     rank: int = 0
     world_size: int = 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def local_slice(self, items: Sequence[Any]) -> list[Any]:
+        """This rank's share of a global batch (contiguous, so 1 and K processes see the same examples)."""
+        per_rank = len(items) // self.world_size
+        if per_rank * self.world_size != len(items):
+            raise ValueError(f"global batch {len(items)} does not split over {self.world_size} processes")
+        return list(items[self.rank * per_rank : (self.rank + 1) * per_rank])
+
+    def wrap_ddp(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`model` whose gradients are averaged over the processes (itself when there is one)."""
+        if self.world_size == 1:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(model)
+
+    def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of `value` over the processes."""
+        if self.world_size == 1:
+            return value
+        value = value.detach().clone()
+        torch_dist.all_reduce(value)
+        return value / self.world_size
+
+    def progress(self, total: int, initial: int, desc: str) -> tqdm:
+        """A progress bar that rank 0 shows."""
+        return tqdm(total=total, initial=initial, desc=desc, disable=not self.is_main, dynamic_ncols=True)
+
+    def main_first(self, build: Callable[[], T]) -> T:
+        """`build()` on rank 0, then on the other ranks once it returned: rank 0 writes the cache they read."""
+        if self.is_main:
+            built = build()
+        if self.world_size > 1:
+            torch_dist.barrier()
+        return built if self.is_main else build()
 
 
 def init_distributed() -> Dist:
@@ -48,28 +83,6 @@ def init_distributed() -> Dist:
     if not torch_dist.is_initialized():
         torch_dist.init_process_group("gloo")
     return Dist(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size())
-
-
-def local_slice(items: Sequence[Any], dist: Dist) -> list[Any]:
-    """This rank's share of a global batch (contiguous, so 1 and K processes see the same examples)."""
-    per_rank = len(items) // dist.world_size
-    if per_rank * dist.world_size != len(items):
-        raise ValueError(f"global batch {len(items)} does not split over {dist.world_size} processes")
-    return list(items[dist.rank * per_rank : (dist.rank + 1) * per_rank])
-
-
-def wrap_ddp(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
-    if dist.world_size == 1:
-        return model
-    return torch.nn.parallel.DistributedDataParallel(model)
-
-
-def all_reduce_mean(value: torch.Tensor, dist: Dist) -> torch.Tensor:
-    if dist.world_size == 1:
-        return value
-    value = value.detach().clone()
-    torch_dist.all_reduce(value)
-    return value / dist.world_size
 
 
 def batches(n_items: int, batch_size: int, seed: int, start_step: int, total_steps: int) -> Iterator[list[int]]:
@@ -96,10 +109,6 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item()))
-
-
-def progress(total: int, initial: int, desc: str, dist: Dist) -> tqdm:
-    return tqdm(total=total, initial=initial, desc=desc, disable=not dist.is_main, dynamic_ncols=True)
 
 
 @dataclass
@@ -135,23 +144,15 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
 def save_resume(run_dir: Path, models: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
                 state: RunState) -> None:
     """Atomically replace `run_dir` with the weights, optimizer moments and `state` of this moment."""
-    run_dir = Path(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.tmp-"))
-    for name, model in models.items():
-        weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / f"{name}.safetensors"))
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    rng = {"torch": torch.get_rng_state().tolist()}
-    write_json_atomic(tmp / "state.json", {"step": state.step, "history": state.history, "extra": state.extra,
-                                            "optimizer": opt_meta, "rng": rng})
-    old = run_dir.parent / f".{run_dir.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if run_dir.exists():
-        os.rename(run_dir, old)
-    os.rename(tmp, run_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    with replacing_directory(Path(run_dir)) as tmp:
+        for name, model in models.items():
+            weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+            save_file(weights, str(tmp / f"{name}.safetensors"))
+        opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        rng = {"torch": torch.get_rng_state().tolist()}
+        write_json_atomic(tmp / "state.json", {"step": state.step, "history": state.history, "extra": state.extra,
+                                                "optimizer": opt_meta, "rng": rng})
 
 
 def config_fingerprint(cfg: Any) -> str:
@@ -196,6 +197,37 @@ def run_dir_for(out_dir: Path) -> Path:
     """Resume state sits beside the checkpoint, hidden: `checkpoints/.runs/<name>`."""
     out_dir = Path(out_dir)
     return out_dir.parent / ".runs" / out_dir.name
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trainer's run as this process sees it: its place among the processes and its resume directory."""
+
+    dist: Dist
+    dir: Path
+
+    def resume(self, models: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, config: Any) -> RunState:
+        """The state an earlier run of `config` saved, its weights and moments loaded; a fresh state otherwise."""
+        fingerprint = config_fingerprint(config)
+        return load_resume(self.dir, models, optimizer, fingerprint) or RunState(extra={"config": fingerprint})
+
+
+def start_run(out: Path, seed: int) -> Run:
+    """What every trainer does first: join the processes `torchrun` started, seed, and find the resume state
+    of the checkpoint it will write to `out`."""
+    dist = init_distributed()
+    set_seed(seed)
+    return Run(dist, run_dir_for(out))
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, models: Sequence[torch.nn.Module],
+                   max_grad_norm: float = 1.0) -> None:
+    """Backpropagate `loss`, clip each model's gradient norm to `max_grad_norm`, and step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for model in models:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:

@@ -9,40 +9,24 @@ average Σ_t log π_θ − log π_ref over them.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import world
+from common.files import write_atomic
+from models.batching import pad_batch
 from models.chat import completion_ids, prompt_ids, user
 from models.checkpoint import Manifest, verify
-from models.sampling import SamplingParams, sample
-from training.common import (
-    Dist,
-    RunState,
-    all_reduce_mean,
-    batches,
-    config_fingerprint,
-    cosine_lr,
-    init_distributed,
-    load_resume,
-    local_slice,
-    mean_ci95,
-    progress,
-    run_dir_for,
-    save_resume,
-    save_trained,
-    set_seed,
-    wrap_ddp,
-)
+from models.sampling import SamplingParams, sample_answers
+from training.common import Dist, batches, cosine_lr, mean_ci95, optimizer_step, save_resume, save_trained, start_run
 from training.dpo_config import DPOConfig
 from training.evaluate import evaluate_policy, load_policy
 from training.losses import dpo_loss, gather_logprobs
@@ -71,13 +55,9 @@ def encode_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[world.Pair]
 def sequence_logps(model: torch.nn.Module, seqs: Sequence[list[int]], heads: Sequence[int],
                    pad_id: int) -> tuple[Tensor, Tensor]:
     """Summed log-probability of each sequence's answer (its tokens after the first `head`), and their count."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(seqs), width), dtype=torch.long)
-    answer = torch.zeros((len(seqs), width - 1))  # 1 where position t predicts an answer token
-    for i, (s, head) in enumerate(zip(seqs, heads, strict=True)):
-        ids[i, : len(s)], attention[i, : len(s)] = torch.tensor(s), 1
-        answer[i, head - 1 : len(s) - 1] = 1
+    ids, attention = pad_batch(seqs, pad_id)  # (B, T)
+    predicts_answer = torch.arange(ids.shape[1] - 1) >= torch.tensor(list(heads))[:, None] - 1  # (B, T-1)
+    answer = (attention[:, 1:].bool() & predicts_answer).float()  # 1 where position t predicts an answer token
     logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]  # (B, T-1, V)
     logps = gather_logprobs(logits.float(), ids[:, 1:])  # (B, T-1)
     return (logps * answer).sum(-1), answer.sum(-1)  # (B,), (B,)
@@ -108,7 +88,7 @@ def reference_logps(reference: torch.nn.Module, data: Sequence[EncodedPair], pad
     # Length-sorted batches waste little on padding.
     order = sorted(range(lo, hi), key=lambda i: len(data[i][0]) + len(data[i][1]))
     out = torch.zeros(per_rank, 2)
-    bar = progress(len(order), 0, "dpo reference log-probs", dist)
+    bar = dist.progress(len(order), 0, "dpo reference log-probs")
     for j in range(0, len(order), batch_size):
         index = order[j : j + batch_size]
         out[torch.tensor(index) - lo] = pair_logps(reference, [data[i] for i in index], pad_id)[0]
@@ -129,11 +109,7 @@ def cached_reference_logps(cache: Path, reference: torch.nn.Module, data: Sequen
     log.info("computing reference log-probs of %d pairs into %s", len(data), cache)
     logps = reference_logps(reference, data, pad_id, dist)
     if dist.is_main:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
-        os.close(fd)
-        save_file({"logps": logps.contiguous()}, tmp)
-        os.replace(tmp, cache)
+        write_atomic(cache, safetensors.torch.save({"logps": logps.contiguous()}))
     return logps
 
 
@@ -159,24 +135,26 @@ def sampled_kl(policy: PreTrainedModel, reference: PreTrainedModel, tokenizer: P
     """
     was_training = policy.training
     policy.eval()
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    generator = torch.Generator().manual_seed(seed)
-    seqs, heads = [], []
-    for i in range(0, len(prompts), 16):
-        chunk = [prompt_ids(tokenizer, user(p)) for p in prompts[i : i + 16]]
-        groups = sample(policy, chunk, k, SamplingParams(MAX_NEW_TOKENS, 1.0), stop_ids={eos}, pad_id=pad,
-                        generator=generator)
-        for head, group in zip(chunk, groups, strict=True):
-            for s in group:
-                seqs.append(head + s.token_ids + ([eos] if s.finish_reason == "stop" else []))
-                heads.append(len(head))
-    per_answer: list[float] = []
-    for i in range(0, len(seqs), 32):
-        policy_lp, _ = sequence_logps(policy, seqs[i : i + 32], heads[i : i + 32], pad)
-        reference_lp, _ = sequence_logps(reference, seqs[i : i + 32], heads[i : i + 32], pad)
-        per_answer.extend((policy_lp - reference_lp).tolist())
+    heads = [prompt_ids(tokenizer, user(p)) for p in prompts]
+    answers = sample_answers(policy, tokenizer, heads, k, SamplingParams(MAX_NEW_TOKENS, 1.0),
+                             generator=torch.Generator().manual_seed(seed))
+    per_answer = answer_log_ratios(policy, reference, heads, answers, tokenizer.pad_token_id)
     policy.train(was_training)
     return mean_ci95(per_answer)
+
+
+@torch.no_grad()
+def answer_log_ratios(policy: torch.nn.Module, reference: torch.nn.Module, heads: Sequence[list[int]],
+                      answers: Sequence[Sequence[list[int]]], pad_id: int, batch_size: int = 32) -> list[float]:
+    """Σ_t log π − log π_ref over the tokens of each answer to each prompt (`heads`' ids), prompt after prompt."""
+    seqs = [head + a for head, group in zip(heads, answers, strict=True) for a in group]
+    starts = [len(head) for head, group in zip(heads, answers, strict=True) for _ in group]
+    out: list[float] = []
+    for i in range(0, len(seqs), batch_size):
+        policy_lp, _ = sequence_logps(policy, seqs[i : i + batch_size], starts[i : i + batch_size], pad_id)
+        reference_lp, _ = sequence_logps(reference, seqs[i : i + batch_size], starts[i : i + batch_size], pad_id)
+        out.extend((policy_lp - reference_lp).tolist())
+    return out
 
 
 def _cache_path(cfg: DPOConfig, version: str, split: str, n_pairs: int, seed: int) -> Path:
@@ -186,22 +164,21 @@ def _cache_path(cfg: DPOConfig, version: str, split: str, n_pairs: int, seed: in
 
 def train_dpo(cfg: DPOConfig) -> Manifest | None:
     """Tune the SFT policy on preference pairs, validate, resume if interrupted, write the checkpoint (rank 0)."""
-    dist = init_distributed()
-    set_seed(cfg.seed)
+    run = start_run(cfg.out, cfg.seed)
+    dist = run.dist
     parent_version = verify(cfg.parent, kind="policy").version
     train_args = (cfg.parent, "train", cfg.pairs, cfg.seed, cfg.policy_share, cfg.annotator_temperature)
     held_args = (cfg.parent, "test", cfg.eval_pairs, cfg.seed + 1, cfg.policy_share, cfg.annotator_temperature)
-    if dist.is_main:
-        build_pairs(*train_args)
-        build_pairs(*held_args)
-    if dist.world_size > 1:
-        torch.distributed.barrier()
+    train_pairs, held_pairs = dist.main_first(lambda: (build_pairs(*train_args), build_pairs(*held_args)))
     policy, tokenizer = load_policy(cfg.parent)
     reference, _ = load_policy(cfg.parent)
     reference.requires_grad_(False)
     pad = tokenizer.pad_token_id
-    train = encode_pairs(tokenizer, build_pairs(*train_args), cfg.max_length)
-    valid = encode_pairs(tokenizer, build_pairs(*held_args), cfg.max_length)
+    train = encode_pairs(tokenizer, train_pairs, cfg.max_length)
+    valid = encode_pairs(tokenizer, held_pairs, cfg.max_length)
+    # train_seconds_this_run counts from here: the reference log-probs are DPO's own work; the preference pairs
+    # above are data, like the reward model's.
+    started = time.time()
     train_ref = cached_reference_logps(_cache_path(cfg, parent_version, "train", cfg.pairs, cfg.seed), reference,
                                        train, pad, dist)
     valid_ref = cached_reference_logps(_cache_path(cfg, parent_version, "test", cfg.eval_pairs, cfg.seed + 1),
@@ -210,28 +187,22 @@ def train_dpo(cfg: DPOConfig) -> Manifest | None:
     kl_prompts = [p.text for p in world.prompts("validation", n_kl_prompts, cfg.seed + 2)] if n_kl_prompts else []
 
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
-    run_dir = run_dir_for(cfg.out)
-    fingerprint = config_fingerprint(asdict(cfg) | {"parent_version": parent_version})
-    state = load_resume(run_dir, {"model": policy}, optimizer, fingerprint) or RunState(extra={"config": fingerprint})
+    state = run.resume({"model": policy}, optimizer, asdict(cfg) | {"parent_version": parent_version})
     if state.step:
         log.info("resuming DPO at step %d of %d", state.step, cfg.steps)
     policy.train()
-    ddp = wrap_ddp(policy, dist)
-    bar = progress(cfg.steps, state.step, f"dpo ({cfg.loss_type})", dist)
-    started = time.time()
+    ddp = dist.wrap_ddp(policy)
+    bar = dist.progress(cfg.steps, state.step, f"dpo ({cfg.loss_type})")
     for index in batches(len(train), cfg.batch_size, cfg.seed, state.step, cfg.steps):
         lr = cosine_lr(state.step, cfg.steps, cfg.lr, cfg.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        mine = local_slice(index, dist)
+        mine = dist.local_slice(index)
         logps, counts = pair_logps(ddp, [train[i] for i in mine], pad)  # (b, 2)
         loss, metrics = dpo_objective(cfg, logps, counts, train_ref[mine])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, [policy])
         state.step += 1
-        record = {"step": state.step, "lr": lr, **{k: all_reduce_mean(v, dist).item() for k, v in metrics.items()}}
+        record = {"step": state.step, "lr": lr, **{k: dist.all_reduce_mean(v).item() for k, v in metrics.items()}}
         if dist.is_main and (state.step % cfg.eval_every == 0 or state.step == cfg.steps):
             record |= validate(policy, valid, valid_ref, cfg, pad)
             if cfg.val_kl_samples:
@@ -243,7 +214,7 @@ def train_dpo(cfg: DPOConfig) -> Manifest | None:
         bar.set_postfix(loss=f"{record['loss']:.3f}", margin=f"{record['rewards/margins']:.2f}", refresh=False)
         bar.update(1)
         if dist.is_main and state.step % cfg.save_every == 0 and state.step < cfg.steps:
-            save_resume(run_dir, {"model": policy}, optimizer, state)
+            save_resume(run.dir, {"model": policy}, optimizer, state)
     bar.close()
     if not dist.is_main:
         return None
@@ -267,5 +238,5 @@ def train_dpo(cfg: DPOConfig) -> Manifest | None:
     hyper = asdict(cfg) | {"out": str(cfg.out), "parent": str(cfg.parent), "world_size": dist.world_size}
     manifest = save_trained(cfg.out, policy, tokenizer, state.history, kind="policy", method="dpo",
                             parent=parent_version, hyperparameters=hyper, figures=figures)
-    save_resume(run_dir, {"model": policy}, optimizer, state)
+    save_resume(run.dir, {"model": policy}, optimizer, state)
     return manifest

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 import world
 from models.chat import prompt_ids, user
 from models.checkpoint import verify
-from models.sampling import SamplingParams, sample
+from models.sampling import SamplingParams, sample_answers
 from training.common import mean_ci95
 
 
@@ -31,16 +30,15 @@ def load_policy(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], k: int,
                      params: SamplingParams, seed: int = 0, batch_prompts: int = 16) -> list[list[str]]:
     """K sampled answers per prompt, decoded; deterministic given `seed`. Shows progress on stderr."""
-    generator = torch.Generator().manual_seed(seed)
-    out: list[list[str]] = []
-    starts = range(0, len(prompts), batch_prompts)
-    for i in tqdm(starts, desc=f"sampling {k} x {len(prompts)}", unit="batch", leave=False, dynamic_ncols=True):
-        chunk = [prompt_ids(tokenizer, user(p)) for p in prompts[i : i + batch_prompts]]
-        samples = sample(model, chunk, k, params, stop_ids={tokenizer.eos_token_id}, pad_id=tokenizer.pad_token_id,
-                         generator=generator)
-        out.extend([tokenizer.decode(s.token_ids, skip_special_tokens=True).strip() for s in group]
-                   for group in samples)
-    return out
+    heads = [prompt_ids(tokenizer, user(p)) for p in prompts]
+    answers = sample_answers(model, tokenizer, heads, k, params, generator=torch.Generator().manual_seed(seed),
+                             batch_prompts=batch_prompts, desc=f"sampling {k} x {len(prompts)}")
+    return [[decode_answer(tokenizer, a) for a in group] for group in answers]
+
+
+def decode_answer(tokenizer: PreTrainedTokenizerBase, answer: Sequence[int]) -> str:
+    """An answer's text as the judge and the reward model read it: special tokens (end of turn) dropped, stripped."""
+    return tokenizer.decode(answer, skip_special_tokens=True).strip()
 
 
 def judge_answers(prompts: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[str, Any]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import world
+from common.files import write_atomic
 from models.checkpoint import verify
 from models.sampling import SamplingParams
 from training.evaluate import generate_answers, load_policy
@@ -47,9 +46,5 @@ def build_pairs(policy_dir: Path, split: world.Split, n_pairs: int, seed: int, p
             a, b = (world.make_response(prompt, rng, world.sample_flaws(rng, 0.5)).text for _ in range(2))
         pairs.append(world.label_pair(prompt.text, a, b, rng, temperature))
     rng.shuffle(pairs)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.writelines(json.dumps(asdict(p)) + "\n" for p in pairs)
-    os.replace(tmp, cache)
+    write_atomic(cache, "".join(json.dumps(asdict(p)) + "\n" for p in pairs))
     return pairs

@@ -44,28 +44,12 @@ from transformers import (
 )
 
 import world
+from models.batching import pad_batch, position_ids
 from models.chat import prompt_ids, user
 from models.checkpoint import Manifest, verify
-from models.sampling import SamplingParams, sample
-from training.common import (
-    Dist,
-    RunState,
-    all_reduce_mean,
-    batches,
-    config_fingerprint,
-    cosine_lr,
-    init_distributed,
-    load_resume,
-    local_slice,
-    mean_ci95,
-    progress,
-    run_dir_for,
-    save_resume,
-    save_trained,
-    set_seed,
-    wrap_ddp,
-)
-from training.evaluate import evaluate_policy, judge_answers
+from models.sampling import SamplingParams, sample_answers
+from training.common import Dist, batches, cosine_lr, mean_ci95, optimizer_step, save_resume, save_trained, start_run
+from training.evaluate import decode_answer, evaluate_policy, judge_answers
 from training.losses import (
     AdaptiveKLController,
     FixedKLController,
@@ -153,23 +137,14 @@ def _in_batches(fn: Callable[[slice], Tensor], n: int, size: int) -> Tensor:
 def pack(prompts: Sequence[list[int]], answers: Sequence[list[int]], pad_id: int, width_prompt: int,
          width_answer: int) -> tuple[Tensor, Tensor, Tensor]:
     """Prompts left-padded to `width_prompt`, answers right-padded to `width_answer`: ids, attention, answer mask."""
-    n = len(prompts)
-    ids = torch.full((n, width_prompt + width_answer), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        ids[i, width_prompt - len(p) : width_prompt + len(a)] = torch.tensor(p + a)
-        attention[i, width_prompt - len(p) : width_prompt + len(a)] = 1
-    return ids, attention, attention[:, width_prompt:].float()
-
-
-def _positions(attention: Tensor) -> Tensor:
-    # As the sampler counts them: left padding shifts positions, so the prompt's first token is at 0.
-    return (attention.cumsum(-1) - 1).clamp(min=0)  # (B, P+R)
+    head_ids, head_mask = pad_batch(prompts, pad_id, left=True, width=width_prompt)  # (B, P)
+    answer_ids, answer_mask = pad_batch(answers, pad_id, width=width_answer)  # (B, R)
+    return torch.cat([head_ids, answer_ids], 1), torch.cat([head_mask, answer_mask], 1), answer_mask.float()
 
 
 def answer_logits(model: torch.nn.Module, ids: Tensor, attention: Tensor, width_answer: int) -> Tensor:
     """Policy logits that predict each answer token: (B, P+R) -> (B, R, V)."""
-    out = model(input_ids=ids, attention_mask=attention, position_ids=_positions(attention),
+    out = model(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention),
                 logits_to_keep=width_answer + 1, use_cache=False)
     return out.logits[:, :-1]  # (B, R, V): position P-1+t predicts answer token t
 
@@ -182,7 +157,7 @@ def answer_logprobs(logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
 
 def answer_values(critic: torch.nn.Module, ids: Tensor, attention: Tensor, mask: Tensor) -> Tensor:
     """The critic's value of the state before each answer token: (B, P+R) -> (B, R), 0 on padding."""
-    out = critic(input_ids=ids, attention_mask=attention, position_ids=_positions(attention), use_cache=False)
+    out = critic(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention), use_cache=False)
     width = mask.shape[1]
     return out.logits[:, -width - 1 : -1, 0].float().masked_fill(mask == 0, 0.0)  # (B, R)
 
@@ -198,8 +173,8 @@ def sequence_logprobs(model: torch.nn.Module, ids: Tensor, attention: Tensor, ma
 # Rollouts
 
 
-def sample_answers(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]],
-                   first_index: int, chunk: int, max_new_tokens: int, tag: tuple[object, ...]) -> list[list[int]]:
+def rollout_answers(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]],
+                    first_index: int, chunk: int, max_new_tokens: int, tag: tuple[object, ...]) -> list[list[int]]:
     """One answer per prompt at temperature 1, EOS appended when emitted.
 
     Prompt `first_index + i` of the global batch is sampled in chunk `(first_index + i) // chunk` with a generator
@@ -207,30 +182,25 @@ def sample_answers(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     """
     if first_index % chunk or len(prompts) % chunk:
         raise ValueError(f"a process's {len(prompts)} prompts do not split into sample chunks of {chunk}")
-    eos = tokenizer.eos_token_id
     policy.eval()
     out = []
     for start in range(0, len(prompts), chunk):
-        groups = sample(policy, prompts[start : start + chunk], 1, SamplingParams(max_new_tokens, 1.0),
-                        stop_ids={eos}, pad_id=tokenizer.pad_token_id,
-                        generator=_generator(*tag, (first_index + start) // chunk))
-        out.extend(s.token_ids + [eos] if s.finish_reason == "stop" else s.token_ids for (s,) in groups)
+        groups = sample_answers(policy, tokenizer, prompts[start : start + chunk], 1,
+                                SamplingParams(max_new_tokens, 1.0), batch_prompts=chunk,
+                                generator=_generator(*tag, (first_index + start) // chunk))
+        out.extend(answer for (answer,) in groups)
     policy.train()
     return out
-
-
-def _decode(tokenizer: PreTrainedTokenizerBase, answer: list[int]) -> str:
-    return tokenizer.decode(answer, skip_special_tokens=True).strip()
 
 
 def make_rollouts(policy: PreTrainedModel, reference: PreTrainedModel, critic: PreTrainedModel, scorer: Scorer,
                   tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], cfg: PPOConfig, dist: Dist,
                   tag: tuple[object, ...]) -> Rollouts:
     """Sample and score this rank's share of `prompts` (the global batch); return every rank's rollouts."""
-    mine = local_slice(prompts, dist)
+    mine = dist.local_slice(prompts)
     encoded = [prompt_ids(tokenizer, user(p)) for p in mine]
-    answers = sample_answers(policy, tokenizer, encoded, dist.rank * len(mine), cfg.sample_chunk, cfg.max_new_tokens,
-                             tag)
+    answers = rollout_answers(policy, tokenizer, encoded, dist.rank * len(mine), cfg.sample_chunk,
+                              cfg.max_new_tokens, tag)
     width_prompt = _max_over_ranks(max(len(p) for p in encoded), dist)
     width_answer = _max_over_ranks(max(len(a) for a in answers), dist)
     ids, attention, mask = pack(encoded, answers, tokenizer.pad_token_id, width_prompt, width_answer)
@@ -240,7 +210,7 @@ def make_rollouts(policy: PreTrainedModel, reference: PreTrainedModel, critic: P
         ref_logprobs = sequence_logprobs(reference, ids, attention, mask, size)
         values = _in_batches(lambda s: answer_values(critic, ids[s], attention[s], mask[s]), len(ids), size)
     ended = torch.tensor([float(a[-1] == tokenizer.eos_token_id) for a in answers])
-    scores = scorer(mine, [_decode(tokenizer, a) for a in answers])
+    scores = scorer(mine, [decode_answer(tokenizer, a) for a in answers])
     local = Rollouts(ids, attention, mask, ended, scores.float(), logprobs, ref_logprobs, values)
     return Rollouts(*(_gather(getattr(local, f), dist) for f in local.__dataclass_fields__))
 
@@ -269,20 +239,16 @@ def validate(policy: PreTrainedModel, reference: PreTrainedModel, scorer: Scorer
              tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], k: int, seed: int) -> dict[str, float]:
     """RM reward, gold reward and KL to the reference (nats per answer) of `k` sampled answers per prompt."""
     policy.eval()
-    generator = torch.Generator().manual_seed(seed)
     encoded = [prompt_ids(tokenizer, user(p)) for p in prompts]
-    answers: list[list[int]] = []
-    for i in range(0, len(encoded), 16):
-        for group in sample(policy, encoded[i : i + 16], k, SamplingParams(EVAL_MAX_NEW_TOKENS, 1.0),
-                            stop_ids={tokenizer.eos_token_id}, pad_id=tokenizer.pad_token_id, generator=generator):
-            answers.extend(s.token_ids + [tokenizer.eos_token_id] if s.finish_reason == "stop" else s.token_ids
-                           for s in group)
+    groups = sample_answers(policy, tokenizer, encoded, k, SamplingParams(EVAL_MAX_NEW_TOKENS, 1.0),
+                            generator=torch.Generator().manual_seed(seed))
+    answers = [answer for group in groups for answer in group]
     repeated = [e for e in encoded for _ in range(k)]
     ids, attention, mask = pack(repeated, answers, tokenizer.pad_token_id, max(map(len, encoded)),
                                 max(map(len, answers)))
     kl = ((sequence_logprobs(policy, ids, attention, mask, 64) - sequence_logprobs(reference, ids, attention, mask, 64))
           * mask).sum(1)  # (n*k,)
-    texts = [_decode(tokenizer, a) for a in answers]
+    texts = [decode_answer(tokenizer, a) for a in answers]
     gold = judge_answers(prompts, [texts[i * k : (i + 1) * k] for i in range(len(prompts))])
     kl_mean, kl_ci = mean_ci95(kl.view(len(prompts), k).mean(1).tolist())
     policy.train()
@@ -378,7 +344,7 @@ def _update(policy: torch.nn.Module, critic: torch.nn.Module, optimizer: torch.o
         order = torch.randperm(len(r.scores), generator=_generator("minibatch", cfg.seed, step, epoch)).tolist()
         for start in range(0, len(order), cfg.minibatch_size):
             everyone = order[start : start + cfg.minibatch_size]
-            index = local_slice(everyone, dist)
+            index = dist.local_slice(everyone)
             mb = r.rows(index)
             mask = mb.response_mask
             # Each rank's token mean, weighted by its share of the minibatch's tokens: DDP's average of the
@@ -397,16 +363,12 @@ def _update(policy: torch.nn.Module, critic: torch.nn.Module, optimizer: torch.o
                 raise PPOInstabilityError(
                     f"the loss became non-finite at iteration {step + 1} (policy {policy_loss.item():.3g}, value "
                     f"{critic_loss.item():.3g}): the updates diverged. Lower lr or value_lr.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for model in (policy, critic):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
+            optimizer_step(optimizer, loss, [policy, critic], cfg.max_grad_norm)
             metrics |= critic_metrics | {"policy/entropy_avg": masked_mean(entropy_from_logits(logits.detach()), mask)}
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0) + value * weight
             n_updates += 1
-    return {name: all_reduce_mean(total / n_updates, dist).item() for name, total in totals.items()}
+    return {name: dist.all_reduce_mean(total / n_updates).item() for name, total in totals.items()}
 
 
 def ppo_iteration(policy: torch.nn.Module, critic: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -442,16 +404,14 @@ def train_ppo(cfg: PPOConfig) -> Manifest | None:
 
     Raises `PPOInstabilityError` when a guard trips (on every rank, since the guards read global figures).
     """
-    dist = init_distributed()
-    set_seed(cfg.seed)
+    run = start_run(cfg.out, cfg.seed)
+    dist = run.dist
     policy, reference, critic, scorer, tokenizer = _load(cfg)
     optimizer = torch.optim.AdamW([{"params": list(policy.parameters()), "lr": cfg.lr},
                                    {"params": list(critic.parameters()), "lr": cfg.value_lr}],
                                   weight_decay=0.0, eps=1e-5)
-    run_dir = run_dir_for(cfg.out)
-    fingerprint = config_fingerprint(cfg)
     models = {"policy": policy, "value": critic}
-    state = load_resume(run_dir, models, optimizer, fingerprint) or RunState(extra={"config": fingerprint})
+    state = run.resume(models, optimizer, cfg)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     beta_ctl = AdaptiveKLController(cfg.penalty_beta, cfg.penalty_target, horizon=1)
@@ -462,6 +422,7 @@ def train_ppo(cfg: PPOConfig) -> Manifest | None:
     def make(prompts: Sequence[str], tag: tuple[object, ...]) -> Rollouts:
         return make_rollouts(policy, reference, critic, scorer, tokenizer, prompts, cfg, dist, tag)
 
+    started = time.time()  # train_seconds_this_run counts the normalisation rollouts too: PPO's own work
     if "reward_norm" not in state.extra:
         state.extra["reward_norm"] = _reward_norm(cfg, make)
     score_mean, score_std = state.extra["reward_norm"]
@@ -477,9 +438,8 @@ def train_ppo(cfg: PPOConfig) -> Manifest | None:
         log.info("resuming PPO at iteration %d of %d", state.step, cfg.steps)
     elif dist.is_main and val_prompts:
         state.history.append({"step": 0} | validation())
-    policy_ddp, critic_ddp = wrap_ddp(policy, dist), wrap_ddp(critic, dist)
-    started = time.time()
-    with progress(cfg.steps, state.step, f"ppo ({cfg.variant})", dist) as bar:
+    policy_ddp, critic_ddp = dist.wrap_ddp(policy), dist.wrap_ddp(critic)
+    with dist.progress(cfg.steps, state.step, f"ppo ({cfg.variant})") as bar:
         for index in batches(len(pool), cfg.rollouts, cfg.seed, state.step, cfg.steps):
             tick = time.time()
             for group, peak in zip(optimizer.param_groups, (cfg.lr, cfg.value_lr), strict=True):
@@ -499,7 +459,7 @@ def train_ppo(cfg: PPOConfig) -> Manifest | None:
                             refresh=False)
             bar.update(1)
             if dist.is_main and state.step % cfg.save_every == 0 and state.step < cfg.steps:
-                save_resume(run_dir, models, optimizer, state)
+                save_resume(run.dir, models, optimizer, state)
     if not dist.is_main:
         return None
 
@@ -519,7 +479,7 @@ def train_ppo(cfg: PPOConfig) -> Manifest | None:
                            "reward_norm": [score_mean, score_std]}
     manifest = save_trained(cfg.out, policy, tokenizer, state.history, kind="policy", method="ppo",
                             parent=verify(cfg.parent).version, hyperparameters=hyper, figures=figures)
-    save_resume(run_dir, models, optimizer, state)
+    save_resume(run.dir, models, optimizer, state)
     return manifest
 
 

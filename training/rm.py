@@ -26,22 +26,8 @@ from transformers import (
 import world
 from models.chat import scored_ids, user
 from models.checkpoint import Manifest, verify
-from training.common import (
-    RunState,
-    all_reduce_mean,
-    batches,
-    config_fingerprint,
-    cosine_lr,
-    init_distributed,
-    load_resume,
-    local_slice,
-    progress,
-    run_dir_for,
-    save_resume,
-    save_trained,
-    set_seed,
-    wrap_ddp,
-)
+from models.reward_hf import score_sequences
+from training.common import batches, cosine_lr, optimizer_step, save_resume, save_trained, start_run
 from training.losses import bradley_terry_loss
 from training.pairs import build_pairs
 from training.rm_config import RMConfig
@@ -97,20 +83,6 @@ def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str, max_le
     return scored_ids(tokenizer, user(prompt), answer)[:max_length]
 
 
-def _pad(seqs: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def rewards(model: torch.nn.Module, seqs: Sequence[list[int]], pad_id: int) -> torch.Tensor:
-    """Raw scalar scores, one per sequence (the head's single logit, never a softmax)."""
-    return model(**_pad(seqs, pad_id)).logits[:, 0]  # (B,)
-
-
 @torch.no_grad()
 def score_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[tuple[str, str]],
                 max_length: int = 256, batch_size: int = 64) -> list[float]:
@@ -119,7 +91,7 @@ def score_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, item
     out: list[float] = []
     for i in range(0, len(items), batch_size):
         seqs = [_encode(tokenizer, p, a, max_length) for p, a in items[i : i + batch_size]]
-        out.extend(rewards(model, seqs, tokenizer.pad_token_id).tolist())
+        out.extend(score_sequences(model, seqs, tokenizer.pad_token_id).tolist())
     return out
 
 
@@ -128,12 +100,24 @@ def _pearson(x: Sequence[float], y: Sequence[float]) -> float:
     return torch.corrcoef(t)[0, 1].item()
 
 
-def _ranks(x: Sequence[float]) -> list[float]:
+def _average_ranks(x: Sequence[float]) -> list[float]:
+    """Ranks from 0, tied values sharing the mean of the ranks they span (the gold scores are discrete)."""
     order = sorted(range(len(x)), key=lambda i: x[i])
     ranks = [0.0] * len(x)
-    for rank, i in enumerate(order):
-        ranks[i] = float(rank)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and x[order[end + 1]] == x[order[start]]:
+            end += 1
+        for i in order[start : end + 1]:
+            ranks[i] = (start + end) / 2
+        start = end + 1
     return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation: Pearson's over average ranks, so ties do not rank by position."""
+    return _pearson(_average_ranks(x), _average_ranks(y))
 
 
 def evaluate_rm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[world.Pair],
@@ -153,46 +137,37 @@ def evaluate_rm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pair
         "gold_decided_pairs": len(decided),
         "eval_pairs": len(pairs),
         "pearson_rm_gold": _pearson(scores, gold),
-        "spearman_rm_gold": _pearson(_ranks(scores), _ranks(gold)),
+        "spearman_rm_gold": spearman(scores, gold),
         "reward_mean": sum(scores) / len(scores),
         "reward_std": torch.tensor(scores).std().item(),
     }
 
 
 def train_rm(cfg: RMConfig) -> Manifest | None:
-    dist = init_distributed()
-    set_seed(cfg.seed)
-    if dist.is_main:
-        build_pairs(cfg.parent, "train", cfg.pairs, cfg.seed, cfg.policy_share, cfg.annotator_temperature)
-        build_pairs(cfg.parent, "test", cfg.eval_pairs, cfg.seed + 1, cfg.policy_share, cfg.annotator_temperature)
-    if dist.world_size > 1:
-        torch.distributed.barrier()
-    train = build_pairs(cfg.parent, "train", cfg.pairs, cfg.seed, cfg.policy_share, cfg.annotator_temperature)
-    held = build_pairs(cfg.parent, "test", cfg.eval_pairs, cfg.seed + 1, cfg.policy_share, cfg.annotator_temperature)
+    run = start_run(cfg.out, cfg.seed)
+    dist = run.dist
+    train, held = dist.main_first(lambda: (
+        build_pairs(cfg.parent, "train", cfg.pairs, cfg.seed, cfg.policy_share, cfg.annotator_temperature),
+        build_pairs(cfg.parent, "test", cfg.eval_pairs, cfg.seed + 1, cfg.policy_share, cfg.annotator_temperature)))
     model, tokenizer = build_reward_model(cfg)
     encoded = [(_encode(tokenizer, p.prompt, p.chosen, cfg.max_length),
                 _encode(tokenizer, p.prompt, p.rejected, cfg.max_length)) for p in train]
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    run_dir = run_dir_for(cfg.out)
-    fingerprint = config_fingerprint(cfg)
-    state = load_resume(run_dir, {"model": model}, optimizer, fingerprint) or RunState(extra={"config": fingerprint})
-    ddp = wrap_ddp(model, dist)
+    state = run.resume({"model": model}, optimizer, cfg)
+    ddp = dist.wrap_ddp(model)
     model.train()
-    bar = progress(cfg.steps, state.step, f"rm ({cfg.arch})", dist)
+    bar = dist.progress(cfg.steps, state.step, f"rm ({cfg.arch})")
     started = time.time()
     for index in batches(len(encoded), cfg.batch_size, cfg.seed, state.step, cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(state.step, cfg.steps, cfg.lr, cfg.warmup)
-        mine = [encoded[i] for i in local_slice(index, dist)]
-        scores = rewards(ddp, [c for c, _ in mine] + [r for _, r in mine], tokenizer.pad_token_id)  # (2b,)
+        mine = [encoded[i] for i in dist.local_slice(index)]
+        scores = score_sequences(ddp, [c for c, _ in mine] + [r for _, r in mine], tokenizer.pad_token_id)  # (2b,)
         loss, metrics = bradley_terry_loss(scores[: len(mine)], scores[len(mine) :])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, [model])
         state.step += 1
-        record = {"step": state.step, **{k: all_reduce_mean(v, dist).item() for k, v in metrics.items()}}
+        record = {"step": state.step, **{k: dist.all_reduce_mean(v).item() for k, v in metrics.items()}}
         if state.step % cfg.eval_every == 0 and dist.is_main:
             record |= {f"eval/{k}": v for k, v in evaluate_rm(model, tokenizer, held[:200], cfg.max_length).items()}
             model.train()
@@ -200,7 +175,7 @@ def train_rm(cfg: RMConfig) -> Manifest | None:
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['rewards/accuracies']:.2f}", refresh=False)
         bar.update(1)
         if dist.is_main and state.step % cfg.save_every == 0 and state.step < cfg.steps:
-            save_resume(run_dir, {"model": model}, optimizer, state)
+            save_resume(run.dir, {"model": model}, optimizer, state)
     bar.close()
     if not dist.is_main:
         return None
@@ -210,5 +185,5 @@ def train_rm(cfg: RMConfig) -> Manifest | None:
     hyper = asdict(cfg) | {"out": str(cfg.out), "parent": str(cfg.parent), "world_size": dist.world_size}
     manifest = save_trained(cfg.out, model, tokenizer, state.history, kind="reward", method="rm",
                             parent=verify(cfg.parent).version, hyperparameters=hyper, figures=figures)
-    save_resume(run_dir, {"model": model}, optimizer, state)
+    save_resume(run.dir, {"model": model}, optimizer, state)
     return manifest

@@ -11,31 +11,15 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 import world
+from models.batching import pad_batch
 from models.chat import completion_ids, prompt_ids, user
 from models.checkpoint import Manifest
-from training.common import (
-    Dist,
-    RunState,
-    all_reduce_mean,
-    batches,
-    config_fingerprint,
-    cosine_lr,
-    init_distributed,
-    load_resume,
-    local_slice,
-    progress,
-    run_dir_for,
-    save_resume,
-    save_trained,
-    set_seed,
-    wrap_ddp,
-)
+from training.common import Run, batches, cosine_lr, optimizer_step, save_resume, save_trained, start_run
 from training.evaluate import evaluate_policy
 from training.sft_config import ModelShape, SFTConfig
 from training.tokenizer import train_tokenizer
@@ -82,14 +66,10 @@ def encode_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[st
 
 def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch; labels are -100 on prompt and padding so only answer tokens carry loss."""
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    for i, (ids, head) in enumerate(examples):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = 1
-        labels[i, head : len(ids)] = torch.tensor(ids[head:])
+    input_ids, attention = pad_batch([ids for ids, _ in examples], pad_id)  # (B, T)
+    heads = torch.tensor([head for _, head in examples])  # (B,)
+    prompt = torch.arange(input_ids.shape[1]) < heads[:, None]  # (B, T)
+    labels = input_ids.masked_fill((attention == 0) | prompt, -100)  # (B, T)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
@@ -114,23 +94,23 @@ def validation_loss(model: torch.nn.Module, data: Sequence[Encoded], pad_id: int
     return total / max(count, 1)
 
 
-def _load_or_build_tokenizer(cfg: SFTConfig, run_dir: Path, dist: Dist) -> PreTrainedTokenizerBase:
+def _load_or_build_tokenizer(cfg: SFTConfig, run: Run) -> PreTrainedTokenizerBase:
     """The tokenizer is trained once per run and kept with the resume state, so a resumed run reuses it."""
-    tok_dir = run_dir.parent / f"{run_dir.name}-tokenizer"
-    if not (tok_dir / "tokenizer.json").is_file():
-        if dist.is_main:
+    tok_dir = run.dir.parent / f"{run.dir.name}-tokenizer"
+
+    def load() -> PreTrainedTokenizerBase:
+        if not (tok_dir / "tokenizer.json").is_file():
             build_tokenizer(cfg.model.vocab_size, cfg.seed).save_pretrained(str(tok_dir))
-        if dist.world_size > 1:
-            torch.distributed.barrier()
-    return AutoTokenizer.from_pretrained(str(tok_dir))
+        return AutoTokenizer.from_pretrained(str(tok_dir))
+
+    return run.dist.main_first(load)
 
 
 def train_sft(cfg: SFTConfig) -> Manifest | None:
     """Train, validate, resume if interrupted, and write the checkpoint. Returns its manifest on rank 0."""
-    dist = init_distributed()
-    set_seed(cfg.seed)
-    run_dir = run_dir_for(cfg.out)
-    tokenizer = _load_or_build_tokenizer(cfg, run_dir, dist)
+    run = start_run(cfg.out, cfg.seed)
+    dist = run.dist
+    tokenizer = _load_or_build_tokenizer(cfg, run)
     model = build_policy(cfg.model, tokenizer)
     pairs = [(p.text, r.text) for p, r in world.sft_examples("train", cfg.train_examples, cfg.seed, cfg.flaw_rate)]
     train = encode_examples(tokenizer, pairs, cfg.max_length)
@@ -138,28 +118,24 @@ def train_sft(cfg: SFTConfig) -> Manifest | None:
     valid = encode_examples(tokenizer, [(p.text, r.text) for p, r in held], cfg.max_length)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    fingerprint = config_fingerprint(cfg)
-    state = load_resume(run_dir, {"model": model}, optimizer, fingerprint) or RunState(extra={"config": fingerprint})
+    state = run.resume({"model": model}, optimizer, cfg)
     if state.step:
         log.info("resuming SFT at step %d of %d", state.step, cfg.steps)
-    ddp = wrap_ddp(model, dist)
-    bar = progress(cfg.steps, state.step, "sft", dist)
+    ddp = dist.wrap_ddp(model)
+    bar = dist.progress(cfg.steps, state.step, "sft")
     started = time.time()
     for index in batches(len(train), cfg.batch_size, cfg.seed, state.step, cfg.steps):
         step = state.step
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
-        mine = collate([train[i] for i in local_slice(index, dist)], tokenizer.pad_token_id)
+        mine = collate([train[i] for i in dist.local_slice(index)], tokenizer.pad_token_id)
         nll, count = token_nll(ddp, mine)
         # Normalise by the global token count so K processes take exactly the step one process would.
-        global_count = all_reduce_mean(count.float(), dist) * dist.world_size
+        global_count = dist.all_reduce_mean(count.float()) * dist.world_size
         loss = nll * dist.world_size / global_count
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, [model])
         state.step += 1
-        record = {"step": state.step, "loss": all_reduce_mean(loss.detach(), dist).item()}
+        record = {"step": state.step, "loss": dist.all_reduce_mean(loss.detach()).item()}
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
             record["validation_loss"] = validation_loss(model, valid, tokenizer.pad_token_id)
             bar.set_postfix(val=f"{record['validation_loss']:.3f}")
@@ -167,7 +143,7 @@ def train_sft(cfg: SFTConfig) -> Manifest | None:
         bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
         bar.update(1)
         if dist.is_main and (state.step % cfg.save_every == 0 and state.step < cfg.steps):
-            save_resume(run_dir, {"model": model}, optimizer, state)
+            save_resume(run.dir, {"model": model}, optimizer, state)
     bar.close()
     if not dist.is_main:
         return None
@@ -180,5 +156,5 @@ def train_sft(cfg: SFTConfig) -> Manifest | None:
     hyper = asdict(cfg) | {"out": str(cfg.out), "world_size": dist.world_size}
     manifest = save_trained(cfg.out, model, tokenizer, state.history, kind="policy", method="sft", parent=None,
                             hyperparameters=hyper, figures=figures)
-    save_resume(run_dir, {"model": model}, optimizer, state)
+    save_resume(run.dir, {"model": model}, optimizer, state)
     return manifest

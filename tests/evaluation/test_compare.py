@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from fractions import Fraction
@@ -27,13 +28,16 @@ from evaluation.compare import (
     break_even,
     build_pool,
     compare,
+    fall_test,
     kl_bound,
     load_reward_model,
     method_row,
     overoptimisation,
+    paired_difference,
     pareto_frontier,
 )
 from evaluation.compare_config import CompareConfig
+from evaluation.plots import write_plots, write_report
 from models.checkpoint import write_checkpoint
 from training.evaluate import load_policy
 
@@ -79,22 +83,39 @@ def test_kl_bound_and_plugin_estimate():
     assert bon_kl_plugin(scores, two, 1) == 0.0
 
 
-def _row(policy: str, n: int, gold: float, cost: float | None) -> dict:
+def _row(policy: str, n: int, gold: float, cost: float | None, ci: float = 0.0) -> dict:
     return {"label": f"{policy}-{n}", "policy": policy, "best_of": n, "gold_reward_mean": gold,
-            "device_seconds_per_answer": cost}
+            "gold_reward_ci95": ci, "device_seconds_per_answer": cost}
 
 
 def test_pareto_frontier_and_break_even_by_hand():
     bon = [_row("sft", 1, 0.0, 1.0), _row("sft", 4, 0.4, 4.0), _row("sft", 16, 0.6, 16.0)]
-    tuned = _row("dpo", 1, 0.5, 1.0)
+    tuned = _row("dpo", 1, 0.5, 1.0, ci=0.05)
     points = [*bon, tuned, _row("ppo", 1, 0.3, 2.0), _row("ppo", 2, -1.0, 0.5)]
     assert pareto_frontier(points, "device_seconds_per_answer") == ["ppo-2", "dpo-1", "sft-16"]
     b = break_even(tuned, bon, train_seconds=100.0)
+    assert b["outcome"] == "repaid"
     assert b["equal_gold_best_of"] == pytest.approx(8.0)  # halfway from 0.4 to 0.6 on log N: N = 8
     assert b["bon_cost_per_answer"] == pytest.approx(8.0)  # cost linear in N between 4 and 16
     assert b["answers"] == pytest.approx(100.0 / 7.0)
+    # The CI's ends, 0.45 and 0.55, are a quarter and three quarters of the way on log N: N = 4·4^¼ and 4·4^¾.
+    lower, upper = b["gold_ci95_ends"]
+    assert (lower["gold_reward"], upper["gold_reward"]) == (pytest.approx(0.45), pytest.approx(0.55))
+    assert lower["equal_gold_best_of"] == pytest.approx(4 * math.sqrt(2))
+    assert upper["equal_gold_best_of"] == pytest.approx(8 * math.sqrt(2))
+    assert lower["answers"] == pytest.approx(100.0 / (4 * math.sqrt(2) - 1.0))  # less gold: a smaller saving
+    assert upper["answers"] == pytest.approx(100.0 / (8 * math.sqrt(2) - 1.0))
+    assert (f"Over dpo-1's gold 95% CI: at 0.450, {100 / (4 * math.sqrt(2) - 1):,.0f} answers (SFT BoN-5.7); "
+            f"at 0.550, {100 / (8 * math.sqrt(2) - 1):,.0f} answers (SFT BoN-11.3).") in b["text"]
+    # A CI wide enough to reach both other outcomes: below SFT's N=1, above every N.
+    wide = break_even(_row("dpo", 1, 0.5, 1.0, ci=0.55), bon, train_seconds=100.0)
+    assert [e["outcome"] for e in wide["gold_ci95_ends"]] == ["SFT alone matches", "no N matches"]
+    assert all(e["answers"] is None for e in wide["gold_ci95_ends"])
+    assert "at -0.050, never repaid (the SFT policy alone matches); at 1.050, no N ≤ 16 matches." in wide["text"]
     never = break_even(_row("ppo", 1, 0.9, 1.0), bon, train_seconds=100.0)
-    assert never["answers"] == 0 and "BoN never reaches it within N ≤ 16" in never["text"]
+    assert never["outcome"] == "no N matches" and never["answers"] is None
+    assert never["text"].startswith("No N matches: Best-of-N on SFT stays below ppo-1's gold reward up to N = 16")
+    assert "0 answers" not in never["text"]
     worse = break_even(_row("ppo", 1, -0.1, 1.0), bon, train_seconds=100.0)
     assert worse["answers"] is None and "SFT policy alone (N=1) already matches" in worse["text"]
     dear = break_even(_row("ppo", 1, 0.5, 9.0), bon, train_seconds=100.0)
@@ -102,16 +123,122 @@ def test_pareto_frontier_and_break_even_by_hand():
     assert break_even(tuned, bon, train_seconds=None)["answers"] is None
 
 
+def test_paired_difference_against_a_hand_computation():
+    # a − b = (1, 0, 2, 3): mean 1.5, sample sd √(5/3), standard error √(5/3) / 2.
+    d = paired_difference([1.0, 2.0, 3.0, 4.0], [0.0, 2.0, 1.0, 1.0])
+    se = statistics.stdev([1.0, 0.0, 2.0, 3.0]) / 2
+    assert se == pytest.approx(math.sqrt(5 / 3) / 2)
+    assert (d["mean"], d["ci95"], d["prompts"]) == (1.5, pytest.approx(1.96 * se), 4)
+    assert d["p_value"] == pytest.approx(2 * (1 - statistics.NormalDist().cdf(1.5 / se)))  # 0.020
+    assert paired_difference([1.0, 2.0], [1.0, 2.0])["p_value"] == 1.0
+    assert paired_difference([2.0, 3.0], [1.0, 2.0])["p_value"] == 0.0  # the same gain on every prompt
+    with pytest.raises(ValueError):
+        paired_difference([1.0], [0.0])
+
+
+def _sft_rows(per_prompt: dict[int, np.ndarray]) -> list[dict]:
+    """Best-of-N rows from per-prompt gold; the proxy rises by 1 per doubling of N."""
+    return [{"best_of": n, "gold_per_prompt": g.tolist(), "gold_reward_mean": float(g.mean()),
+             "rm_reward_mean": math.log2(n)} for n, g in per_prompt.items()]
+
+
+def test_the_fall_is_tested_paired_on_prompts_the_peak_was_not_picked_on():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=40)  # prompts differ a lot; the N differ by little, the same way on every prompt
+    rows = _sft_rows({1: base, 2: base + 0.5 + 0.01 * rng.normal(size=40), 4: base + 0.4 + 0.01 * rng.normal(size=40)})
+    test = fall_test(rows, seed=3)
+    picking = test["picking_prompts"]
+    testing = sorted(set(range(40)) - set(picking))
+    assert len(picking) == 20 and picking == sorted(picking) and picking != list(range(20))
+    gold = {r["best_of"]: np.array(r["gold_per_prompt"]) for r in rows}
+    assert test["peak_best_of"] == max(gold, key=lambda n: gold[n][picking].mean()) == 2
+    diff = gold[2][testing] - gold[4][testing]
+    assert test["held_out"]["mean"] == pytest.approx(diff.mean())
+    assert test["held_out"]["ci95"] == pytest.approx(1.96 * statistics.stdev(diff.tolist()) / math.sqrt(20))
+    assert test["held_out"]["p_value"] < 1e-6  # 0.1 apart with noise 0.014: unmistakable, though the prompts vary
+    assert test["all_prompts"]["mean"] == pytest.approx((gold[2] - gold[4]).mean())
+    assert fall_test(rows, seed=4)["picking_prompts"] != picking  # the split follows the seed
+    assert fall_test(rows[:1], seed=3) is None and fall_test(_sft_rows({1: base[:3], 2: base[:3]}), 0) is None
+
+
 def test_overoptimisation_verdicts():
     pool = Pool("sft", [["a", "b"]], np.ones((1, 2)), np.array([[0.0, 2.0]]), np.array([[0.0, 2.0]]))
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=40)
 
-    def rows(golds: list[float]) -> list[dict]:
-        return [{"best_of": 2**i, "gold_reward_mean": g, "gold_reward_ci95": 0.01, "rm_reward_mean": float(i)}
-                for i, g in enumerate(golds)]
+    def rows(means: list[float], noise: float = 0.01) -> list[dict]:
+        return _sft_rows({2**i: base + m + noise * rng.normal(size=40) for i, m in enumerate(means)})
 
-    assert "falls after N=2" in overoptimisation(rows([0.0, 0.5, 0.2]), pool)["verdict"]
-    assert "flattens" in overoptimisation(rows([0.0, 0.5, 0.51]), pool)["verdict"]
-    assert "keeps rising" in overoptimisation(rows([0.0, 0.5, 1.0]), pool)["verdict"]
+    falls = overoptimisation(rows([0.0, 0.5, 0.2]), pool, seed=0)
+    assert "falls after N=2" in falls["verdict"] and falls["fall_test"]["held_out"]["p_value"] < 0.05
+    # The same means, but per-prompt differences far noisier than the fall: not significant, so no fall is claimed.
+    noisy = overoptimisation(rows([0.0, 0.5, 0.45], noise=3.0), pool, seed=0)
+    assert noisy["fall_test"]["peak_best_of"] == 2 and noisy["fall_test"]["held_out"]["p_value"] > 0.05
+    assert "falls" not in noisy["verdict"] and "flattens" in noisy["verdict"]
+    assert "flattens" in overoptimisation(rows([0.0, 0.5, 0.51]), pool, seed=0)["verdict"]
+    assert "keeps rising" in overoptimisation(rows([0.0, 0.5, 1.0]), pool, seed=0)["verdict"]
+
+
+
+def _synthetic_results(out: Path) -> tuple[dict, Pool]:
+    """A whole comparison from made-up answers, no models: gold peaks where the RM is 1 (so Best-of-N on SFT
+    overoptimises the RM), in whole points as the judge's; DPO drifts 2 nats from SFT."""
+    rng = np.random.default_rng(7)
+    prompts = 40
+
+    def pool(name: str, n: int, shift: float, log_ratio: np.ndarray | None = None) -> Pool:
+        rm = rng.normal(shift, 1.0, size=(prompts, n))
+        gold = np.round(2 * rm - rm**2 + 0.3 * rng.normal(size=(prompts, n)))
+        texts = [[f"{name} answer {i}" for i in range(n)] for _ in range(prompts)]
+        return Pool(name, texts, np.full((prompts, n), 10.0), rm, gold, log_ratio)
+
+    sft = pool("sft", 17, 0.0)
+    dpo = pool("dpo", 4, 0.5, log_ratio=rng.normal(2.0, 0.5, size=(prompts, 4)))
+    rows = [method_row(sft, n, sft) for n in (1, 2, 4, 8, 16)] + [method_row(dpo, n, sft) for n in (1, 4)]
+    for r in rows:
+        r["device_seconds_per_answer"] = 0.01 * r["best_of"] * (0.8 if r["policy"] == "dpo" else 1.0)
+    sft_rows = rows[:5]
+    results = {
+        "config": {"seed": 0, "sft_samples": 17, "tuned_samples": 4, "temperature": 1.0, "max_new_tokens": 96},
+        "checkpoints": {name: {"version": f"{name}-0"} for name in ("sft", "rm", "dpo")},
+        "prompts": {"count": prompts, "split": "test"}, "server": {"measured": False, "reason": "synthetic"},
+        "methods": rows, "pareto": {"cost": "device_seconds_per_answer",
+                                    "frontier": pareto_frontier(rows, "device_seconds_per_answer")},
+        "training_cost": {"dpo": {"device_seconds": 50.0}},
+        "break_even": {"dpo": break_even(rows[5], sft_rows, 50.0)},
+        "overoptimisation": overoptimisation(sft_rows, sft, seed=0), "seconds": 1.0}
+    results["files"] = ["report.md", *(p.name for p in write_plots(results, out))]
+    write_report(results, out / "report.md")
+    return results, dpo
+
+
+def test_report_states_its_uncertainty_on_synthetic_answers(tmp_path: Path):
+    results, dpo = _synthetic_results(tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    rows = {r["label"]: r for r in results["methods"]}
+    for r in rows.values():  # per-prompt gold kept for the paired tests; its mean is the row's
+        assert len(r["gold_per_prompt"]) == 40 and np.mean(r["gold_per_prompt"]) == pytest.approx(r["gold_reward_mean"])
+    # A tuned policy's Best-of-N: its KL is the selection's plus the drift, and the report says which is which.
+    tuned = rows["DPO + BoN-4"]
+    assert tuned["kl_method"] == "bon-plugin+monte-carlo" and tuned["kl_bound"] == pytest.approx(kl_bound(4))
+    drift = bon_mean(dpo.rm, dpo.log_ratio, 4)
+    plugin = [bon_kl_plugin(r, t, 4) for r, t in zip(dpo.rm, dpo.texts, strict=True)]
+    assert tuned["kl_drift"] == pytest.approx(drift.mean()) and tuned["kl_drift"] == pytest.approx(2.0, abs=0.3)
+    assert tuned["kl_estimate"] == pytest.approx(np.mean(plugin) + drift.mean())
+    assert f"(bound {kl_bound(4):.2f} + MC drift {tuned['kl_drift']:.2f}) |" in report
+    assert rows["DPO"]["kl_bound"] == 0.0 and rows["DPO"]["kl_drift"] == pytest.approx(rows["DPO"]["kl_estimate"])
+    assert f"{rows['DPO']['kl_estimate']:.2f} ± {rows['DPO']['kl_estimate_ci95']:.2f} (Monte Carlo) |" in report
+    assert "| SFT BoN-16 | 16 |" in report and f"(bound {kl_bound(16):.2f}) |" in report
+    # The break-even with its interval, and the fall test: split, held-out difference, p-value.
+    assert results["break_even"]["dpo"]["text"] in report and "Over DPO's gold 95% CI: at " in report
+    test = results["overoptimisation"]["fall_test"]
+    assert "split at random (seed 0) into 20 and 20" in report
+    assert f"gold peaks at N={test['peak_best_of']}" in report
+    held = test["held_out"]
+    low, high = held["mean"] - held["ci95"], held["mean"] + held["ci95"]
+    assert f"is {held['mean']:+.3f} (95% CI {low:+.3f} to {high:+.3f}, p = {held['p_value']:.2g})" in report
+    assert results["overoptimisation"]["verdict"] in report
+    assert sorted(results["files"]) == sorted(p.name for p in tmp_path.iterdir())
 
 
 def test_bon_1_is_the_plain_mean_and_a_policy_has_no_kl_to_itself(tiny_sft: Path, tiny_rm: Path):
@@ -168,7 +295,8 @@ def test_compare_without_server_costs_tokens_and_skips_break_even(tiny_sft: Path
     assert "gold_vs_latency.png" not in results["files"] and not (tmp_path / "gold_vs_latency.png").exists()
     assert sorted(results["files"]) == sorted(p.name for p in tmp_path.iterdir())
     assert all(r.get("latency_p50_s") is None for r in results["methods"])
-    assert all(b["answers"] in (0, None) for b in results["break_even"].values())
+    assert all(b["answers"] is None for b in results["break_even"].values())
+    assert "No test of a fall in gold: it needs at least 4 prompts" in (tmp_path / "report.md").read_text()
     assert "not measured (skipped (--no-server))" in (tmp_path / "report.md").read_text()
 
 
@@ -202,7 +330,11 @@ def test_bon_eval_compare_end_to_end(tiny_sft: Path, tiny_rm: Path, tuned: tuple
         assert rows[("sft", n)]["tokens_per_answer"] == pytest.approx(n * rows[("sft", 1)]["tokens_per_answer"])
     assert rows[("sft", 8)]["rm_reward_mean"] >= rows[("sft", 1)]["rm_reward_mean"]  # BoN raises the proxy
     assert rows[("dpo", 1)]["kl_method"] == "monte-carlo"
-    assert rows[("dpo", 1)]["kl_bound"] == pytest.approx(rows[("dpo", 1)]["kl_estimate"])
+    assert rows[("dpo", 1)]["kl_bound"] == 0.0
+    assert rows[("dpo", 1)]["kl_drift"] == pytest.approx(rows[("dpo", 1)]["kl_estimate"])
+    assert rows[("dpo", 2)]["kl_method"] == "bon-plugin+monte-carlo"
+    assert all(len(r["gold_per_prompt"]) == 6 for r in results["methods"])
+    assert len(results["overoptimisation"]["fall_test"]["picking_prompts"]) == 3
     for r in results["methods"]:  # every point measured through the server, none failed
         assert r["server_requests"] == 2 and r["server_errors"] == 0
         assert 0 < r["latency_p50_s"] <= r["latency_p95_s"] and r["device_seconds_per_answer"] > 0
@@ -214,3 +346,5 @@ def test_bon_eval_compare_end_to_end(tiny_sft: Path, tiny_rm: Path, tuned: tuple
     report = (out / "report.md").read_text()
     assert "![gold vs proxy reward vs N](overoptimisation.png)" in report
     assert "| DPO + BoN-2" in report and results["overoptimisation"]["verdict"] in report
+    assert "split at random (seed 0) into 3 and 3" in report
+    assert all("gold 95% CI: at " in b["text"] for b in results["break_even"].values())

@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -20,35 +18,20 @@ import httpx
 import pytest
 
 from bon.cli import main
+from common.servers import free_port, start_server
 from loadtest import add_arguments, run_cli
 from tests.loadtest import fake_server as fake
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, fake.__file__, "--port", str(port)])
-    url = f"http://127.0.0.1:{port}"
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    server = start_server([sys.executable, fake.__file__, "--port", str(port)], f"http://127.0.0.1:{port}",
+                          tmp_path_factory.mktemp("fake-server") / "server.log")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/v1/models", timeout=1).raise_for_status()
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
-        yield url
+        yield server.wait("/v1/models", timeout_s=30).url
     finally:
-        proc.kill()  # not terminate: a graceful shutdown would wait out the "slow" requests still sleeping
-        proc.wait(10)
+        server.stop(grace_s=0)  # no grace: a graceful shutdown would wait out the "slow" requests still sleeping
 
 
 @pytest.fixture
@@ -135,7 +118,7 @@ def test_timeouts_and_refused_connections_are_recorded_not_raised(server, tmp_pa
     assert time.perf_counter() - started < fake.SLOW
     assert summary["points"][0]["errors_by_status"] == {"timeout": 2}
 
-    summary = _run("--url", f"http://127.0.0.1:{_free_port()}", "--model", "fake", "--best-of", "1",
+    summary = _run("--url", f"http://127.0.0.1:{free_port()}", "--model", "fake", "--best-of", "1",
                    "--concurrency", "1", "--requests", "3", "--out", str(tmp_path / "refused"))
     (p,) = summary["points"]
     assert (p["sent"], p["answered"], p["errors_by_status"], p["error_rate"]) == (3, 0, {"connect": 3}, 1.0)

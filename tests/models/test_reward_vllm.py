@@ -39,10 +39,9 @@ import pytest
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from models.interface import RewardSpec, ScoreItem
+from models.interface import RewardSpec, ScoreItem, activate, classify_activation
 from models.reward_hf import HFReward
 from models.reward_remote import RemoteReward
-from server.app import classify_activation
 from tests.server.conftest import VLLM_SERVE, Server, launch_server
 
 pytestmark = pytest.mark.vllm
@@ -138,12 +137,14 @@ def _sigmoid(x: float) -> float:
 
 @pytest.mark.parametrize("server, endpoint", [("vllm", "/classify"), ("vllm", "/pooling"), ("bon", "/classify")])
 def test_the_remote_backend_returns_the_hf_backends_raw_scores(servers, hf, server, endpoint):
-    expected = hf.score_batch(CANDIDATES)
+    ours = hf.score_batch(CANDIDATES)
     remote = RemoteReward(servers[server].url + endpoint, "rm")
     try:
-        got = remote.score_batch(CANDIDATES)
+        theirs = remote.score_batch(CANDIDATES)
     finally:
         remote.close()
+    expected, got = [s.value for s in ours], [s.value for s in theirs]
+    assert [s.tokens for s in theirs] == [s.tokens for s in ours]  # the server's usage: the same token ids
     worst = max(abs(a - b) for a, b in zip(got, expected, strict=True))
     print(f"{server}{endpoint}: max |remote - hf| = {worst:.3g} over {len(CANDIDATES)} candidates")
     assert worst <= TOLERANCE, f"{server}{endpoint}: max |diff| {worst:.3g}\nremote {got}\nhf     {expected}"
@@ -152,7 +153,7 @@ def test_the_remote_backend_returns_the_hf_backends_raw_scores(servers, hf, serv
 
 @pytest.mark.parametrize("endpoint", ["/classify", "/pooling"])
 def test_vllm_squashes_a_one_label_score_unless_use_activation_is_false(servers, hf, endpoint):
-    (raw,) = hf.score_batch([CANDIDATES[10]])
+    (raw,) = (s.value for s in hf.score_batch([CANDIDATES[10]]))
     url = servers["vllm"].url + endpoint
     key = "probs" if endpoint == "/classify" else "data"
     unset, false, true = (_post(url, model="rm", messages=CONVERSATION, **flag)["data"][0][key][0]
@@ -200,10 +201,10 @@ def test_bons_default_activation_is_vllms_for_one_label_reward_models(fields):
     scores = torch.tensor([[-3.5], [-0.25], [0.0], [0.7], [4.0]])
     expected = get_act_fn(config)(scores)[:, 0].tolist()
     ours = classify_activation(config)
-    assert [ours(x) for x in scores[:, 0].tolist()] == pytest.approx(expected, abs=1e-6)
+    assert [activate(ours, x) for x in scores[:, 0].tolist()] == pytest.approx(expected, abs=1e-6)
 
 
 def test_the_tiny_rm_config_is_the_sigmoid_case(rm_root):
     """The servers above run an RM without `problem_type`: the case where vLLM's default squashes."""
     config = AutoConfig.from_pretrained(rm_root / "rm")
-    assert getattr(config, "problem_type", None) is None and classify_activation(config)(0.0) == 0.5
+    assert getattr(config, "problem_type", None) is None and classify_activation(config) == "sigmoid"

@@ -9,20 +9,17 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
+from common.servers import Server, free_port, start_server
 from models.checkpoint import write_checkpoint
 from training.sft_config import ModelShape
 from training.tokenizer import train_tokenizer
@@ -90,44 +87,6 @@ def build_tiny_checkpoints(root: Path, steps: int = 30) -> Path:
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait(self, probe: str = "/ready", timeout_s: float = 120.0) -> Server:
-        """Return once `probe` answers 200; fail with the server's log if it exits or never does."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                if httpx.get(self.url + probe, timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"the server did not answer {probe} within {timeout_s}s:\n{self.logs()}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 SERVE = (sys.executable, "-m", "server")
 BON_SERVE = (sys.executable, "-m", "bon.cli", "serve")
 VLLM_SERVE = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
@@ -137,12 +96,10 @@ VLLM_SERVE = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
 def launch_server(checkpoints: Path, log_dir: Path, *args: str, command: tuple[str, ...] = SERVE) -> Server:
     """`python -m server` (or `bon serve`) on a free port, as a user starts it (call `wait` before using it)."""
     port = free_port()
-    log = log_dir / f"server-{port}.log"
     env = {**os.environ, "BON_CHECKPOINTS": str(checkpoints), "BON_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([*command, "--port", str(port), *args], cwd=REPO, env=env,
-                               stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    return Server(f"http://127.0.0.1:{port}", process, log)
+    return start_server([*command, "--port", str(port), *args], f"http://127.0.0.1:{port}",
+                        log_dir / f"server-{port}.log", env=env, cwd=REPO)
 
 
 class Sampler:

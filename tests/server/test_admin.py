@@ -24,6 +24,7 @@ from tests.models.test_registry import BAD_POLICIES, BAD_REWARDS, LOAD_FAILS, bu
 from tests.server.conftest import REPO, Server, launch_server
 
 KEY = "admin-test-key"
+BODY_LIMIT = 4096
 ADMIN = {"Authorization": f"Bearer {KEY}"}
 PROMPT = [{"role": "user", "content": "What can I do with my teddy bear today?"}]
 ROUTES = [("GET", "/admin/checkpoints"), ("GET", "/admin/models"), ("POST", "/admin/policies/live"),
@@ -39,7 +40,7 @@ def root(tiny_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="module")
 def admin_server(root: Path, log_dir: Path):
     server = launch_server(root, log_dir, "--admin-key", KEY, "--policy", "sft", "--policy", f"live={root / 'dpo'}",
-                           "--default-best-of", "2", "--default-max-tokens", "8")
+                           "--default-best-of", "2", "--default-max-tokens", "8", "--max-body-bytes", str(BODY_LIMIT))
     try:
         yield server.wait()
     finally:
@@ -133,13 +134,82 @@ def test_each_broken_checkpoint_is_refused_while_the_old_model_answers(admin_ser
             assert response.status_code in (400, 404) and error["code"] == code, (checkpoint, error)
             assert error["param"] == "checkpoint"
             assert any(part in error["message"] for part in reason.split("|")), (checkpoint, error["message"])
-            assert f"still serves {live}" in error["message"] or f"reward model is still {rm}" in error["message"] \
+            assert f"still serves {live}" in error["message"] or f"reward model still serves {rm}" in error["message"] \
                 or code == "checkpoint_not_found"
             answer = ask(admin_server).json()["bon"]
             assert (answer["policy_version"], answer["reward_model_version"]) == (live, rm)
     assert steady.responses and all(r.status_code == 200 for r in steady.responses)
     assert {r.json()["bon"]["policy_version"] for r in steady.responses} == {live}
     assert swaps(admin_server, "failed") - failed_before == len(attempts) - 1  # a missing directory loads nothing
+
+
+def test_admin_bodies_are_bounded_and_keys_compared_as_bytes(admin_server, root):
+    big = json.dumps({"checkpoint": "ppo", "best_of": 2, "pad": "x" * BODY_LIMIT}).encode()
+    for method, path in (("POST", "/admin/policies/live"), ("PATCH", "/admin/policies/live"),
+                         ("POST", "/admin/reward")):
+        for body in (big, iter([big[:1000], big[1000:]])):  # declared, then chunked (counted while read)
+            response = httpx.request(method, admin_server.url + path, content=body, headers=ADMIN)
+            assert response.status_code == 413, (method, path, response.text)
+            assert response.json() == {"error": {"message": f"the request body exceeds {BODY_LIMIT} bytes",
+                                                 "type": "invalid_request_error", "param": None,
+                                                 "code": "body_too_large"}}
+    for token in ("Bearer ключ".encode(), f"Bearer {KEY}é".encode("latin-1")):
+        response = httpx.get(admin_server.url + "/admin/models", headers={"Authorization": token})
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_admin_key"
+    assert ask(admin_server).json()["bon"]["policy_version"] == version(root, "dpo")
+
+
+def test_openapi_describes_every_admin_response(admin_server):
+    spec = httpx.get(admin_server.url + "/openapi.json").json()
+    responses = ["CheckpointList", "ModelsStatus", "PolicySwap", "BestOf", "Unload", "PolicySwap", "Swap", "Swap"]
+    for (method, path), model in zip(ROUTES, responses, strict=True):
+        operation = spec["paths"][path.replace("/live", "/{name}")][method.lower()]
+        content = operation["responses"]["200"]["content"]["application/json"]
+        assert content["schema"] == {"$ref": f"#/components/schemas/{model}"}, (method, path)
+    schemas = spec["components"]["schemas"]
+    assert list(schemas["SwapTimings"]["properties"]) == [
+        "validate_seconds", "load_seconds", "warmup_seconds", "total_seconds"]
+    assert "default_best_of" in schemas["PolicySwap"]["properties"]
+    assert "default_best_of" not in schemas["Swap"]["properties"]
+
+
+def test_a_server_bug_during_a_load_is_a_500_and_the_old_model_serves_on(root, monkeypatch, caplog):
+    """A bug is not the checkpoint's fault: no 400 `load_failed`, but a 500 logged with its traceback; the swap
+    is counted as failed and the next load works."""
+    import server.admin
+
+    def buggy_warm_up(name, backend, scorer):
+        raise AttributeError("'NoneType' object has no attribute 'generate'")
+
+    async def scenario() -> None:
+        app = create_app(Settings(checkpoints=root, admin_key=KEY, default_best_of=2, default_max_tokens=6))
+        state = app.state.bon
+        await state.start()
+        sft = state.served.policies["sft"].version
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://bon", timeout=60) as client:
+                with monkeypatch.context() as patched:
+                    patched.setattr(server.admin, "warm_up_policy", buggy_warm_up)
+                    response = await client.post("/admin/policies/sft", headers=ADMIN, json={"checkpoint": "dpo"})
+                assert response.status_code == 500
+                assert response.json()["error"] == {"message": "internal server error", "type": "internal_error",
+                                                     "param": None, "code": "internal_error"}
+                served = await client.post("/v1/chat/completions", json={"model": "sft", "messages": PROMPT})
+                assert served.status_code == 200 and served.json()["bon"]["policy_version"] == sft
+                status = (await client.get("/admin/models", headers=ADMIN)).json()
+                assert [h["version"] for h in status["policies"]["sft"]["history"]] == [sft]
+                failed = state.metrics.registry.get_sample_value("bon_swaps_total",
+                                                                 {"target": "policy", "result": "failed"})
+                assert failed == 1
+                swap = (await client.post("/admin/policies/sft", headers=ADMIN, json={"checkpoint": "dpo"})).json()
+                assert (swap["previous_version"], swap["version"]) == (sft, version(root, "dpo"))
+        finally:
+            await state.stop()
+
+    asyncio.run(scenario())
+    (logged,) = [r for r in caplog.records if r.exc_info and r.exc_info[0] is AttributeError]
+    assert "POST /admin/policies/sft" in logged.getMessage()
 
 
 def test_paths_outside_the_root_are_refused(admin_server, tiny_checkpoints):

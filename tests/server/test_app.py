@@ -9,6 +9,9 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
+from models.interface import RewardSpec
+from models.reward_hf import HFReward
+
 PROMPT = [{"role": "user", "content": "What can I do with my teddy bear today?"}]
 
 
@@ -201,3 +204,45 @@ def test_a_client_that_disconnects_cancels_its_generation(server):
         assert time.monotonic() < deadline, "the server never noticed the disconnect"
         time.sleep(0.05)
     assert counts() == (cancelled + 1, answered)  # stopped, not answered
+
+
+def test_classify_is_scored_in_the_micro_batches_and_counts_the_rms_tokens(server, front, tiny_checkpoints):
+    """Concurrent `/classify` calls share RM forward passes, as Best-of-N candidates do, and `usage` is the count
+    of tokens the RM read. (`front` is ready first: its warm-up calls this server's `/classify` too.)"""
+    answers = [f"You could read {k} short stories." for k in range(8)]
+
+    async def run() -> list[dict]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+            responses = await asyncio.gather(*(c.post("/classify", json={
+                "messages": [*PROMPT, {"role": "assistant", "content": a}], "use_activation": False})
+                for a in answers))
+        return [r.json() for r in responses]
+
+    batch = metrics(server)["bon_rm_batch_size"]
+    passes, items = sample_value(batch, "_count"), sample_value(batch, "_sum")
+    bodies = asyncio.run(run())
+    batch = metrics(server)["bon_rm_batch_size"]
+    assert sample_value(batch, "_sum") - items == len(answers)
+    assert sample_value(batch, "_count") - passes < len(answers), "no RM forward pass scored two calls together"
+
+    reward = HFReward.load(RewardSpec(path=tiny_checkpoints / "rm"))
+    expected = reward.score_batch([(PROMPT, a) for a in answers])
+    for body, score in zip(bodies, expected, strict=True):
+        assert body["usage"] == {"prompt_tokens": score.tokens, "total_tokens": score.tokens, "completion_tokens": 0,
+                                 "prompt_tokens_details": None, "completion_tokens_details": None}
+        assert body["data"][0]["probs"][0] == pytest.approx(score.value, abs=1e-5)
+        assert body["data"][0]["label"] == "LABEL_0"
+
+
+def test_openapi_describes_the_typed_responses(server):
+    spec = httpx.get(server.url + "/openapi.json").json()
+
+    def response_schema(path: str, method: str = "post") -> str:
+        return spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+
+    assert response_schema("/classify") == "#/components/schemas/ClassifyResponse"
+    assert list(spec["components"]["schemas"]["ClassifyResponse"]["properties"]) == [
+        "id", "object", "created", "model", "data", "usage"]
+    assert list(spec["components"]["schemas"]["ClassifyData"]["properties"]) == [
+        "index", "label", "probs", "num_classes"]
+    assert response_schema("/v1/models", "get") == "#/components/schemas/ModelList"

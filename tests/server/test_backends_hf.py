@@ -63,9 +63,13 @@ def test_rewards_are_raw_scores_independent_of_batch_padding(reward):
     answers = ["Sure!", "You could read a short story with my teddy bear, then rest.", "No.",
                "A nice idea is to have a picnic together, it is fun."]
     items = [(MESSAGES, a) for a in answers]
-    batched = reward.score_batch(items)
-    alone = [reward.score_batch([item])[0] for item in items]
+    scores = reward.score_batch(items)
+    batched = [s.value for s in scores]
+    alone = [reward.score_batch([item])[0].value for item in items]
     assert batched == pytest.approx(alone, abs=1e-5)
+    # Each score says how many tokens the RM read for it: the length of its own, unpadded rendering.
+    assert [s.tokens for s in scores] == [len(ids) for ids in reward.encode(items)]
+    assert min(s.tokens for s in scores) < max(s.tokens for s in scores)  # not the padded width
     # The score is the single logit at the last token of the RM's own rendering of [user, assistant].
     tokenizer = reward.tokenizer
     text = render(tokenizer, [*MESSAGES, {"role": "assistant", "content": answers[1]}], False)
@@ -74,6 +78,15 @@ def test_rewards_are_raw_scores_independent_of_batch_padding(reward):
         expected = reward.model(input_ids=ids).logits[0, 0].item()
     assert batched[1] == pytest.approx(expected, abs=1e-5)
     assert answers[1] in tokenizer.decode(reward.encode(items[1:2])[0])
+
+
+def test_the_activation_and_label_follow_the_checkpoints_config(reward):
+    """vLLM's defaults for this config, as `/classify` applies them: no `problem_type`, so a sigmoid."""
+    assert (reward.activation, reward.label) == ("sigmoid", "LABEL_0")
+    regression = reward.model.config.__class__(**{**reward.model.config.to_dict(), "problem_type": "regression",
+                                                  "id2label": {0: "reward"}})
+    renamed = HFReward(LlamaForSequenceClassification(regression), reward.tokenizer, "v")
+    assert (renamed.activation, renamed.label) == ("identity", "reward")
 
 
 def test_a_reward_model_has_exactly_one_label(tiny_checkpoints):

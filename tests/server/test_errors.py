@@ -104,6 +104,14 @@ def test_api_keys(strict, api_key):
     assert rejections(strict)["invalid_api_key"] >= 3
 
 
+@pytest.mark.parametrize("token", ["Bearer ключ".encode(), "Bearer sk-tést".encode("latin-1"), b"Bearer \xff\xfe"])
+def test_a_key_outside_ascii_is_401_not_500(strict, token):
+    for method, path in (("POST", CHAT), ("GET", "/v1/models"), ("POST", "/classify")):
+        response = httpx.request(method, strict.url + path, headers={"Authorization": token},
+                                 json=_chat() if method == "POST" else None)
+        assert envelope(response, 401)["code"] == "invalid_api_key", path
+
+
 def test_too_long_prompt_is_400(strict, api_key):
     long = [{"role": "user", "content": "What can I do with my teddy bear today? " * 6}]
     response = httpx.post(strict.url + CHAT, json=_chat(messages=long), headers={"Authorization": f"Bearer {api_key}"})

@@ -28,8 +28,10 @@ def test_the_judge_backend_scores_the_last_user_turn_with_the_gold_judge():
     judge = JudgeReward()
     conversation = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": PROMPTS[1]}]
     answers = ("7 + 5 = 12. Happy to help!", "7 + 5 = 13.", "")
-    assert judge.score_batch([(conversation, a) for a in answers]) == [world.score(PROMPTS[1], a) for a in answers]
-    assert judge.version == "gold-judge"
+    scores = judge.score_batch([(conversation, a) for a in answers])
+    assert [s.value for s in scores] == [world.score(PROMPTS[1], a) for a in answers]
+    assert [s.tokens for s in scores] == [0, 0, 0]  # it reads text, not tokens
+    assert (judge.version, judge.activation, judge.label) == ("gold-judge", "identity", None)
 
 
 def test_guard_settings_are_off_by_default_and_checked(tmp_path: Path):
@@ -50,7 +52,7 @@ def test_an_hf_guard_is_a_reward_model_like_the_selecting_one(tiny_checkpoints: 
     reward = load_reward(RewardSpec(path=tiny_checkpoints / "rm"))
     item = ([{"role": "user", "content": PROMPTS[0]}], "No, wash it by hand.")
     assert guard is not None and guard.version == reward.version
-    assert guard.score_batch([item]) == pytest.approx(reward.score_batch([item]))
+    assert guard.score_batch([item])[0].value == pytest.approx(reward.score_batch([item])[0].value)
 
 
 @pytest.fixture(scope="module")

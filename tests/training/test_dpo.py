@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -116,6 +117,23 @@ def test_sampled_kl_is_zero_against_itself(tiny_sft: Path):
     kl, _ = dpo.sampled_kl(policy, policy, tokenizer, ["Hello there", "What is 2 + 3?"], k=2)
     assert kl == 0.0
 
+
+def test_training_time_counts_the_reference_log_probs(tiny_sft: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    """On a clock that moves only while the reference log-probs are computed (500 s per pair set: train, held out),
+    the manifest's training time is those 1000 s: they are part of DPO's cost."""
+    now = [0.0]
+    real = dpo.cached_reference_logps
+
+    def slow(*args):
+        now[0] += 500.0
+        return real(*args)
+
+    monkeypatch.setattr(dpo, "time", SimpleNamespace(time=lambda: now[0]))
+    monkeypatch.setattr(dpo, "cached_reference_logps", slow)
+    manifest = dpo.train_dpo(tiny_dpo_config(tmp_path / "dpo", tiny_sft, epochs=0.25, val_kl_samples=0,
+                                             kl_samples=0, eval_prompts=0))
+    assert manifest.figures["train_seconds_this_run"] == 1000.0
 
 def test_resume_after_interruption_ends_like_an_uninterrupted_run(trained, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -103,6 +104,24 @@ def test_kl_penalty_variant_trains_and_adapts_its_beta(tiny_sft: Path, tiny_rm: 
     assert all(h["objective/kl_coef"] == cfg.kl_coef for h in steps)  # fixed
     assert steps[1]["objective/kl"] > 0
 
+
+def test_training_time_counts_the_reward_normalisation_rollouts(tiny_sft: Path, tiny_rm: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    """On a clock that moves only during the rollouts that normalise the reward (1000 s), the manifest's training
+    time is those 1000 s: they are part of PPO's cost."""
+    now = [0.0]
+    real = ppo.make_rollouts
+
+    def slow(*args):
+        if args[-1][0] == "reward-norm":  # the rollouts' tag
+            now[0] += 1000.0
+        return real(*args)
+
+    monkeypatch.setattr(ppo, "time", SimpleNamespace(time=lambda: now[0]))
+    monkeypatch.setattr(ppo, "make_rollouts", slow)
+    manifest = ppo.train_ppo(tiny_ppo_config(tmp_path / "ppo", tiny_sft, tiny_rm, steps=1, val_prompts=0,
+                                             eval_prompts=0))
+    assert manifest.figures["train_seconds_this_run"] == 1000.0
 
 def test_runaway_kl_stops_the_cli_with_a_clear_message(tiny_sft: Path, tiny_rm: Path, tmp_path: Path):
     cfg = tiny_ppo_config(tmp_path / "ppo", tiny_sft, tiny_rm, lr=0.03, adaptive_kl=False, max_kl=0.5,

@@ -1,4 +1,6 @@
 import json
+import math
+import random
 
 import pytest
 import torch
@@ -7,8 +9,32 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from models.chat import scored_ids, user
 from models.checkpoint import verify
 from tests.conftest import bon_train, tiny_rm_config
-from training.rm import train_rm
+from training.rm import spearman, train_rm
 
+
+def test_spearman_gives_tied_scores_their_average_rank():
+    # Average ranks (from 1): x → 1, 2.5, 2.5, 4, 5 and y → 1, 3, 3, 3, 5; deviations from the mean 3:
+    # dx = (−2, −½, −½, 1, 2), dy = (−2, 0, 0, 0, 2): ρ = 8 / √(9.5 · 8). Ranking ties by position would give 1.
+    assert spearman([10.0, 20.0, 20.0, 30.0, 40.0], [1.0, 2.0, 2.0, 2.0, 3.0]) == pytest.approx(8 / math.sqrt(76))
+    # Ranks (1, 2, 3) and (2.5, 2.5, 1): ρ = −1.5 / √(2 · 1.5) = −√3/2 (by position: (2, 3, 1), ρ = −½).
+    assert spearman([1.0, 2.0, 3.0], [2.0, 2.0, 1.0]) == pytest.approx(-math.sqrt(3) / 2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spearman_matches_the_counting_definition_of_average_ranks(seed):
+    """Against another implementation: rank = #smaller + (#equal + 1) / 2, with many ties (discrete gold scores)."""
+    rng = random.Random(seed)
+    x = [rng.gauss(0, 1) for _ in range(30)]
+    y = [float(rng.randint(0, 4)) for _ in range(30)]
+
+    def ranks(v):
+        return [sum(w < a for w in v) + (sum(w == a for w in v) + 1) / 2 for a in v]
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / 30, sum(ry) / 30
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    expected = cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    assert spearman(x, y) == pytest.approx(expected, abs=1e-12)
 
 def test_decoder_rm_learns_and_serves_as_a_sequence_classifier(tiny_rm, tiny_sft):
     manifest = verify(tiny_rm, kind="reward")
