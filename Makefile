@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_PIP := $(VLLM_VENV)/bin/python -m pip
 VLLM_STAMP := $(VLLM_VENV)/.installed
+# The playground's browser tests drive Debian's chromium: Playwright cannot download a browser of its own here.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install install-vllm serve test test-vllm lint build-default
 
@@ -27,6 +30,13 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_PIP) uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
+# Installed only where it is missing (the target is the browser itself).
+$(CHROMIUM):
+	@command -v apt-get > /dev/null || { echo "install chromium at $(CHROMIUM) for the browser tests" >&2; exit 1; }
+	@echo "installing chromium (apt-get) for the browser tests"
+	@$(SUDO) apt-get update -qq > /dev/null
+	@$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null
+
 install: $(STAMP)
 
 install-vllm: $(VLLM_STAMP)
@@ -38,9 +48,9 @@ serve: $(STAMP)
 	$(VENV)/bin/bon build-default
 	$(VENV)/bin/bon serve
 
-test: $(STAMP) $(VLLM_STAMP)
+test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q -m "not vllm"
+	BON_REQUIRE_BROWSER=1 $(VENV)/bin/pytest -q -m "not vllm"
 	BON_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -q -m vllm
 
 test-vllm: $(VLLM_STAMP)

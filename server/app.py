@@ -10,9 +10,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 
 from models.interface import activate
 from server import pipeline
@@ -22,6 +23,12 @@ from server.errors import APIError, install_error_handlers
 from server.http import authorize, parse_body
 from server.settings import Settings
 from server.state import ServerState
+
+PLAYGROUND = resources.files("server").joinpath("static/playground.html").read_text(encoding="utf-8")
+"""The playground page at `/`: one self-contained file calling this server's API (package data)."""
+PLAYGROUND_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                  "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+"""The browser itself holds the page to this server: nothing from elsewhere loads or is called."""
 
 
 def _state(request: Request) -> ServerState:
@@ -45,6 +52,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.bon = state
     install_error_handlers(app)
     install_admin(app, state)
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(PLAYGROUND, headers={"Content-Security-Policy": PLAYGROUND_CSP})
 
     @app.get("/health")
     async def health() -> dict[str, str]:
