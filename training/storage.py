@@ -4,8 +4,8 @@ The embedded default checkpoints ship inside the repository, so their size matte
 `config.json` keeps the compute dtype (float32), so every loader (transformers, vLLM) upcasts on load and the
 served model is the stored one, exactly. What rounding to float16 changed is measured once, at conversion, on
 fixed token sequences and recorded in the manifest's figures (`storage`): the largest per-token KL between the
-float32 and the stored policy, or the largest reward difference of the reward model. The default checkpoints'
-values are in docs/checkpoints.md; they are far below what any reported figure can resolve.
+float32 and the stored policy, or the largest reward difference of the reward model. For the shipped default
+checkpoints these are at most 1e-5 (KL per token) and 7e-4 (reward): far below what any reported figure resolves.
 """
 
 from __future__ import annotations
