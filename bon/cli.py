@@ -160,11 +160,21 @@ def _checkpoints_text(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bon")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     from training.registry import TRAINERS
 
     parser = argparse.ArgumentParser(prog="bon", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"bon {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a checkpoint").add_subparsers(dest="method", required=True)

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from models.interface import activate
 from server import pipeline
 from server import protocol as p
+from server.access import AccessLog, banner_log, ready_banner
 from server.admin import install_admin
 from server.errors import APIError, install_error_handlers
 from server.http import authorize, parse_body
@@ -38,9 +39,15 @@ def _state(request: Request) -> ServerState:
 def create_app(settings: Settings) -> FastAPI:
     state = ServerState(settings)
 
+    async def start_and_announce() -> None:
+        await state.start()
+        if state.served is not None:
+            banner_log.info("%s", ready_banner(settings, state.served,
+                                               state.guard.version if state.guard is not None else None))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(state.start(), name="load-models")
+        loading = asyncio.create_task(start_and_announce(), name="load-models")
         try:
             yield
         finally:
@@ -50,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="bon", summary="Best-of-N serving with reward-model reranking", lifespan=lifespan)
     app.state.bon = state
+    app.add_middleware(AccessLog, enabled=settings.access_log)
     install_error_handlers(app)
     install_admin(app, state)
 

@@ -86,8 +86,9 @@ def serve(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The server's own access log (server/access.py) replaces uvicorn's.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=10)
+                access_log=False, timeout_graceful_shutdown=10)
 
 
 def main(argv: list[str] | None = None) -> None:

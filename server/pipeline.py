@@ -332,10 +332,12 @@ async def handle(state: ServerState, request: Request, endpoint: Endpoint) -> Re
     # This request's models, whatever is swapped in meanwhile; leased before the next await, so a swap closes
     # them only after this request is done with them.
     served = require_ready(state)
+    request.state.access["policy"] = req.model
     entry = lookup(served, req.model)
     try:
         with state.leases.hold(entry.backend, served.reward):
             plan = plan_request(req, endpoint, entry, settings)
+            request.state.access["best_of"] = plan.best_of
             check_prompt_length(entry, plan, settings)
             async with DisconnectWatcher(request) as watcher, \
                     state.admission.slot(watcher.until_gone) as queue_seconds:

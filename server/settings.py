@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     rm_max_batch: int = Field(64, ge=1, description="most candidates in one reward-model forward pass")
     rm_max_wait_ms: float = Field(5.0, ge=0, description="longest wait for more candidates to fill an RM batch")
     log_level: str = Field("info", description="uvicorn and server log level")
+    access_log: bool = Field(True, description="one log line per request: id, method, path, status, policy, "
+                             "best_of, latency")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
