@@ -10,7 +10,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install install-vllm serve test test-vllm lint build-default
+.PHONY: install install-vllm serve test test-slow test-vllm lint build-default
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -51,11 +51,14 @@ serve: $(STAMP)
 
 test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check .
-	BON_REQUIRE_BROWSER=1 $(VENV)/bin/pytest -q -m "not vllm"
-	BON_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -q -m vllm
+	BON_REQUIRE_BROWSER=1 $(VENV)/bin/pytest -q --durations=10 -m "not vllm and not slow"
+	BON_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -q --durations=5 -m vllm
+
+test-slow: $(STAMP)
+	$(VENV)/bin/pytest -q -m slow
 
 test-vllm: $(VLLM_STAMP)
-	BON_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -q -m vllm
+	BON_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -q --durations=5 -m vllm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

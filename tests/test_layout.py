@@ -5,7 +5,8 @@
                                       common/ (used by all but world; imports none of ours)
 
 Files are parsed with `ast`, never imported, so every import counts: at module level, inside functions, under
-`if TYPE_CHECKING:`, absolute and relative. An arrow not drawn above is an import the layout forbids.
+`if TYPE_CHECKING:`, absolute and relative. An arrow not drawn above is an import the layout forbids. Under
+tests/, no module imports a test module or a conftest: builders come from tests/builders.py.
 """
 
 from __future__ import annotations
@@ -40,30 +41,38 @@ def _module_parts(path: Path) -> list[str]:
     return parts[:-1] if parts[-1] == "__init__" else parts
 
 
-def imported_modules(source: str, module: list[str], is_package: bool) -> Iterator[tuple[str, int]]:
-    """(absolute module name, line) of every import in `source`, relative ones resolved against `module`."""
+def imported_modules(source: str, module: list[str], is_package: bool,
+                     names: bool = False) -> Iterator[tuple[str, int]]:
+    """(absolute module name, line) of every import in `source`, relative ones resolved against `module`; with
+    `names`, `from a import b` also yields `a.b`, as `b` may be a module."""
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name, node.lineno
         elif isinstance(node, ast.ImportFrom):
             if node.level == 0:
-                yield node.module or "", node.lineno
-                continue
-            # `from . import x` in a package's __init__ is relative to the package itself, in a module to its parent.
-            package = module if is_package else module[:-1]
-            base = package[: len(package) - (node.level - 1)]
-            yield ".".join(base + ([node.module] if node.module else [])), node.lineno
+                base = node.module or ""
+            else:
+                # `from . import x` is relative to the package itself in its __init__, to the parent elsewhere.
+                package = module if is_package else module[:-1]
+                base = ".".join(package[: len(package) - (node.level - 1)] + ([node.module] if node.module else []))
+            yield base, node.lineno
+            if names:
+                for alias in node.names:
+                    yield f"{base}.{alias.name}", node.lineno
+
+
+def imports_in(directory: str, names: bool = False) -> Iterator[tuple[str, str]]:
+    """(module imported, "file:line") for every import in every .py file under `directory`."""
+    for path in sorted((REPO / directory).rglob("*.py")):
+        parts = _module_parts(path)
+        for name, line in imported_modules(path.read_text(), parts, path.name == "__init__.py", names):
+            yield name, f"{path.relative_to(REPO)}:{line}"
 
 
 def imports_of(package: str) -> list[tuple[str, str]]:
     """(top-level package imported, "file:line") for every import in every .py file of `package`."""
-    found = []
-    for path in sorted((REPO / package).rglob("*.py")):
-        parts = _module_parts(path)
-        for name, line in imported_modules(path.read_text(), parts, path.name == "__init__.py"):
-            found.append((name.split(".")[0], f"{path.relative_to(REPO)}:{line}"))
-    return found
+    return [(name.split(".")[0], where) for name, where in imports_in(package)]
 
 
 def _pairs() -> Iterator[object]:
@@ -114,6 +123,34 @@ def test_the_parser_sees_every_kind_of_import() -> None:
     assert in_init == ["world.judge"]
     # And on the real tree: training does import models, so an empty graph cannot pass for a clean one.
     assert "models" in {top for top, _ in imports_of("training")}
+
+
+def _test_module_or_conftest(name: str) -> bool:
+    return any(part == "conftest" or part.startswith("test_") for part in name.split("."))
+
+
+def test_no_test_module_imports_a_test_module_or_a_conftest() -> None:
+    """Shared builders live in tests/builders.py and fixtures in tests/conftest.py: a test module or a conftest
+    imported as a library is a second copy of it under another name."""
+    offending = [(name, where) for name, where in imports_in("tests", names=True) if _test_module_or_conftest(name)]
+    assert not offending, f"import builders from tests.builders, fixtures come from tests/conftest.py: {offending}"
+
+
+def test_the_tests_check_sees_every_way_to_import_a_test_module() -> None:
+    """Guards the guard: absolute, relative and `from package import module` imports all count."""
+    source = (
+        "from tests.server.conftest import launch_server\n"
+        "from tests.models import test_registry\n"
+        "from .test_registry import build_swap_root\n"
+        "import conftest\n"
+        "from tests.builders import wait_until\n"
+    )
+    names = [name for name, _ in imported_modules(source, ["tests", "models", "test_x"], False, names=True)]
+    assert [name for name in names if _test_module_or_conftest(name)] == [
+        "tests.server.conftest", "tests.server.conftest.launch_server", "tests.models.test_registry",
+        "tests.models.test_registry", "tests.models.test_registry.build_swap_root", "conftest"]
+    # And on the real tree: the tests do import their builders, so an empty list cannot pass for a clean one.
+    assert any(name == "tests.builders" for name, _ in imports_in("tests"))
 
 
 def _models_graph() -> dict[str, set[str]]:

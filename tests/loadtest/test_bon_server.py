@@ -1,26 +1,26 @@
-"""`bon loadtest` against the real Best-of-N server (`python -m server`, as `bon serve` starts it) on tiny
-checkpoints, reusing the server tests' builders: our `bon` extension is read, and admission-control refusals
-and a wrong API key are counted by status, never a crash."""
+"""`bon loadtest` against the real Best-of-N server (`python -m server`, as `bon serve` starts it) on the tiny
+checkpoints the server tests serve: our `bon` extension is read, and admission-control refusals and a wrong API
+key are counted by status, never a crash."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from common.servers import Server
 from loadtest import add_arguments, run_cli
-from tests.server.conftest import API_KEY, Server, build_tiny_checkpoints, launch_server
+from tests.builders import API_KEY, launch_server
 
 
 @pytest.fixture(scope="module")
-def bon_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def bon_server(tiny_checkpoints: Path, log_dir: Path) -> Iterator[Server]:
     # one slot and one queue place: a third concurrent request is refused with 429 at once
-    checkpoints = build_tiny_checkpoints(tmp_path_factory.mktemp("bon-checkpoints"))
-    server = launch_server(checkpoints, tmp_path_factory.mktemp("server-logs"), "--api-key", API_KEY,
-                           "--max-in-flight", "1", "--max-queue", "1", "--default-max-tokens", "8",
-                           "--max-best-of", "8")
+    server = launch_server(tiny_checkpoints, log_dir, "--api-key", API_KEY, "--max-in-flight", "1",
+                           "--max-queue", "1", "--default-max-tokens", "8", "--max-best-of", "8")
     try:
         yield server.wait()
     finally:

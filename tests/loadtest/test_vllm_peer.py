@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from bon.cli import main
-from tests.server.conftest import VLLM_SERVE, Server, launch_server
+from common.servers import Server
+from tests.builders import VLLM_SERVE, launch_server
 
 pytestmark = pytest.mark.vllm
 

@@ -1,118 +1,16 @@
-"""The checkpoint registry: listing, path confinement and every check before a load, on tiny real checkpoints.
+"""The checkpoint registry: listing, path confinement and every check before a load, on tiny real checkpoints:
+`build_swap_root`'s good DPO/PPO/RM variants, one broken checkpoint per failure a load must survive, and links
+that leave the root (the hot-swap server tests serve the same root)."""
 
-`build_swap_root` is also what the hot-swap server tests serve: good DPO/PPO/RM variants of the tiny
-checkpoints, one broken checkpoint per failure a load must survive, and a link that leaves the root.
-"""
-
-import json
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer
+from safetensors.torch import save_file
 
-from models.checkpoint import MANIFEST, CheckpointError, read_manifest, write_checkpoint
+from models.checkpoint import CheckpointError
 from models.registry import CheckpointNotFound, OutsideRoot, Registry, check_safetensors, validate_checkpoint
-from tests.server.conftest import build_tiny_checkpoints
-
-WEIGHTS = "model.safetensors"
-
-
-def perturb(weights: Path, seed: int, scale: float = 0.05) -> None:
-    """Nudge every tensor a little: a different checkpoint (and version) that still behaves."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {k: v + scale * torch.randn(v.shape, generator=generator) for k, v in load_file(str(weights)).items()}
-    save_file(tensors, str(weights), metadata={"format": "pt"})
-
-
-def derive(src: Path, dst: Path, method: str, change: Callable[[Path], None] | None = None,
-           figures: dict | None = None) -> None:
-    """A checkpoint written (and hashed) by `write_checkpoint` from `src`'s files, after `change(tmp_dir)`."""
-    parent = read_manifest(src)
-
-    def save(tmp: Path) -> None:
-        for f in src.iterdir():
-            if f.name != MANIFEST:
-                shutil.copy2(f, tmp / f.name)
-        if change is not None:
-            change(tmp)
-
-    write_checkpoint(dst, save, kind=parent.kind, method=method, parent=parent.version, figures=figures)
-
-
-def _edit_config(**values: object) -> Callable[[Path], None]:
-    def change(tmp: Path) -> None:
-        config = json.loads((tmp / "config.json").read_text())
-        (tmp / "config.json").write_text(json.dumps({**config, **values}))
-    return change
-
-
-def _truncate(tmp: Path) -> None:
-    data = (tmp / WEIGHTS).read_bytes()
-    (tmp / WEIGHTS).write_bytes(data[: len(data) - 256])
-
-
-def _grow_tokenizer(tmp: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(str(tmp))
-    tokenizer.add_tokens([f"extra{i}" for i in range(40)])
-    tokenizer.save_pretrained(str(tmp))
-
-
-def _drop_chat_template(tmp: Path) -> None:
-    (tmp / "chat_template.jinja").unlink()
-    config = json.loads((tmp / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (tmp / "tokenizer_config.json").write_text(json.dumps(config))
-
-
-BAD_POLICIES = {
-    "bad/missing-file": "missing file model.safetensors",
-    "bad/flipped-byte": "sha256 mismatch",
-    "bad/truncated": "truncated weights",
-    "bad/unknown-arch": "unknown architecture",
-    "bad/tokenizer": "tokenizer does not match",
-    "bad/no-chat-template": "no chat template",
-    "bad/remote-code": "trust_remote_code is off",
-}
-"""Refused by the registry before anything is loaded: checkpoint -> what the message says."""
-LOAD_FAILS = "bad/wrong-shapes"
-"""Passes every registry check; its weights do not fit its config, so loading it fails."""
-BAD_REWARDS = {"bad/rm-flipped-byte": "sha256 mismatch"}
-
-
-def build_swap_root(tiny: Path, root: Path) -> Path:
-    """`root` with sft, dpo, ppo, rm, rm-v2 (all working), the broken checkpoints above, `escape` (a link to a
-    valid checkpoint outside the root) and `bad/linked-file` (a weight file linked to outside the root)."""
-    shutil.copytree(tiny / "sft", root / "sft")
-    shutil.copytree(tiny / "rm", root / "rm")
-    sft, rm = root / "sft", root / "rm"
-    derive(sft, root / "dpo", "dpo", lambda tmp: perturb(tmp / WEIGHTS, 1), figures={"gold_reward": 0.4})
-    derive(sft, root / "ppo", "ppo", lambda tmp: perturb(tmp / WEIGHTS, 2), figures={"gold_reward": 0.5})
-    derive(rm, root / "rm-v2", "rm", lambda tmp: perturb(tmp / WEIGHTS, 3))
-    derive(sft, root / "bad/missing-file", "dpo")
-    (root / "bad/missing-file" / WEIGHTS).unlink()
-    for name, src in (("bad/flipped-byte", sft), ("bad/rm-flipped-byte", rm)):
-        derive(src, root / name, read_manifest(src).method)
-        data = bytearray((root / name / WEIGHTS).read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        (root / name / WEIGHTS).write_bytes(bytes(data))
-    derive(sft, root / "bad/truncated", "dpo", _truncate)
-    derive(sft, root / "bad/unknown-arch", "dpo", _edit_config(model_type="nope"))
-    derive(sft, root / "bad/tokenizer", "dpo", _grow_tokenizer)
-    derive(sft, root / "bad/no-chat-template", "dpo", _drop_chat_template)
-    derive(sft, root / "bad/remote-code", "dpo", _edit_config(auto_map={"AutoModelForCausalLM": "evil.Model"}))
-    derive(sft, root / LOAD_FAILS, "dpo", _edit_config(hidden_size=128, intermediate_size=256))
-
-    def link_weights_outside(tmp: Path) -> None:
-        (tmp / WEIGHTS).unlink()
-        (tmp / WEIGHTS).symlink_to(tiny / "sft" / WEIGHTS)
-
-    derive(sft, root / "bad/linked-file", "dpo", link_weights_outside)
-    (root / "escape").symlink_to(tiny / "sft")
-    return root
+from tests.builders import BAD_POLICIES, BAD_REWARDS, LOAD_FAILS, WEIGHTS, build_swap_root, build_tiny_checkpoints
 
 
 @pytest.fixture(scope="module")

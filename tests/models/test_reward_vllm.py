@@ -39,10 +39,11 @@ import pytest
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
+from common.servers import Server
 from models.interface import RewardSpec, ScoreItem, activate, classify_activation
 from models.reward_hf import HFReward
 from models.reward_remote import RemoteReward
-from tests.server.conftest import VLLM_SERVE, Server, launch_server
+from tests.builders import VLLM_SERVE, launch_server
 
 pytestmark = pytest.mark.vllm
 

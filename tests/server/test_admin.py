@@ -17,11 +17,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.servers import Server
 from models.checkpoint import read_manifest
 from server.app import create_app
 from server.settings import Settings
-from tests.models.test_registry import BAD_POLICIES, BAD_REWARDS, LOAD_FAILS, build_swap_root
-from tests.server.conftest import REPO, Server, launch_server
+from tests.builders import BAD_POLICIES, BAD_REWARDS, LOAD_FAILS, REPO, launch_server
 
 KEY = "admin-test-key"
 BODY_LIMIT = 4096
@@ -33,14 +33,10 @@ ROUTES = [("GET", "/admin/checkpoints"), ("GET", "/admin/models"), ("POST", "/ad
 
 
 @pytest.fixture(scope="module")
-def root(tiny_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_swap_root(tiny_checkpoints, tmp_path_factory.mktemp("swap-root"))
-
-
-@pytest.fixture(scope="module")
-def admin_server(root: Path, log_dir: Path):
-    server = launch_server(root, log_dir, "--admin-key", KEY, "--policy", "sft", "--policy", f"live={root / 'dpo'}",
-                           "--default-best-of", "2", "--default-max-tokens", "8", "--max-body-bytes", str(BODY_LIMIT))
+def admin_server(swap_root: Path, log_dir: Path):
+    server = launch_server(swap_root, log_dir, "--admin-key", KEY, "--policy", "sft", "--policy",
+                           f"live={swap_root / 'dpo'}", "--default-best-of", "2", "--default-max-tokens", "8",
+                           "--max-body-bytes", str(BODY_LIMIT))
     try:
         yield server.wait()
     finally:
@@ -66,9 +62,9 @@ def swaps(server: Server, result: str) -> float:
                if s.name == "bon_swaps_total" and s.labels["result"] == result)
 
 
-def test_without_an_admin_key_the_admin_api_does_not_exist(root):
+def test_without_an_admin_key_the_admin_api_does_not_exist(swap_root):
     async def scenario() -> list[httpx.Response]:
-        app = create_app(Settings(checkpoints=root))
+        app = create_app(Settings(checkpoints=swap_root))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bon") as client:
             return [await client.request(method, path, headers=ADMIN) for method, path in ROUTES]
 
@@ -85,10 +81,10 @@ def test_admin_routes_need_the_admin_key(admin_server):
             assert response.headers["www-authenticate"] == "Bearer"
 
 
-def test_checkpoints_are_listed_with_their_manifests(admin_server, root):
+def test_checkpoints_are_listed_with_their_manifests(admin_server, swap_root):
     listed = {c["name"]: c for c in admin(admin_server, "GET", "/admin/checkpoints").json()["data"]}
     dpo = listed["dpo"]
-    assert (dpo["kind"], dpo["method"], dpo["parent"]) == ("policy", "dpo", version(root, "sft"))
+    assert (dpo["kind"], dpo["method"], dpo["parent"]) == ("policy", "dpo", version(swap_root, "sft"))
     assert dpo["figures"] == {"gold_reward": 0.4} and dpo["created"] > 0 and dpo["valid"] is None
     assert listed["rm-v2"]["kind"] == "reward" and "escape" not in listed
     verified = {c["name"]: c for c in admin(admin_server, "GET", "/admin/checkpoints?verify=true").json()["data"]}
@@ -118,8 +114,8 @@ class Steady:
         self._thread.join(timeout=60)
 
 
-def test_each_broken_checkpoint_is_refused_while_the_old_model_answers(admin_server, root):
-    live, rm = version(root, "dpo"), version(root, "rm")
+def test_each_broken_checkpoint_is_refused_while_the_old_model_answers(admin_server, swap_root):
+    live, rm = version(swap_root, "dpo"), version(swap_root, "rm")
     failed_before = swaps(admin_server, "failed")
     attempts = [("/admin/policies/live", name, "invalid_checkpoint", reason) for name, reason in BAD_POLICIES.items()]
     attempts += [("/admin/policies/live", LOAD_FAILS, "load_failed", "size mismatch|ignore_mismatched_sizes"),
@@ -143,7 +139,7 @@ def test_each_broken_checkpoint_is_refused_while_the_old_model_answers(admin_ser
     assert swaps(admin_server, "failed") - failed_before == len(attempts) - 1  # a missing directory loads nothing
 
 
-def test_admin_bodies_are_bounded_and_keys_compared_as_bytes(admin_server, root):
+def test_admin_bodies_are_bounded_and_keys_compared_as_bytes(admin_server, swap_root):
     big = json.dumps({"checkpoint": "ppo", "best_of": 2, "pad": "x" * BODY_LIMIT}).encode()
     for method, path in (("POST", "/admin/policies/live"), ("PATCH", "/admin/policies/live"),
                          ("POST", "/admin/reward")):
@@ -156,7 +152,7 @@ def test_admin_bodies_are_bounded_and_keys_compared_as_bytes(admin_server, root)
     for token in ("Bearer ключ".encode(), f"Bearer {KEY}é".encode("latin-1")):
         response = httpx.get(admin_server.url + "/admin/models", headers={"Authorization": token})
         assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_admin_key"
-    assert ask(admin_server).json()["bon"]["policy_version"] == version(root, "dpo")
+    assert ask(admin_server).json()["bon"]["policy_version"] == version(swap_root, "dpo")
 
 
 def test_openapi_describes_every_admin_response(admin_server):
@@ -173,7 +169,7 @@ def test_openapi_describes_every_admin_response(admin_server):
     assert "default_best_of" not in schemas["Swap"]["properties"]
 
 
-def test_a_server_bug_during_a_load_is_a_500_and_the_old_model_serves_on(root, monkeypatch, caplog):
+def test_a_server_bug_during_a_load_is_a_500_and_the_old_model_serves_on(swap_root, monkeypatch, caplog):
     """A bug is not the checkpoint's fault: no 400 `load_failed`, but a 500 logged with its traceback; the swap
     is counted as failed and the next load works."""
     import server.admin
@@ -182,7 +178,7 @@ def test_a_server_bug_during_a_load_is_a_500_and_the_old_model_serves_on(root, m
         raise AttributeError("'NoneType' object has no attribute 'generate'")
 
     async def scenario() -> None:
-        app = create_app(Settings(checkpoints=root, admin_key=KEY, default_best_of=2, default_max_tokens=6))
+        app = create_app(Settings(checkpoints=swap_root, admin_key=KEY, default_best_of=2, default_max_tokens=6))
         state = app.state.bon
         await state.start()
         sft = state.served.policies["sft"].version
@@ -203,7 +199,7 @@ def test_a_server_bug_during_a_load_is_a_500_and_the_old_model_serves_on(root, m
                                                                  {"target": "policy", "result": "failed"})
                 assert failed == 1
                 swap = (await client.post("/admin/policies/sft", headers=ADMIN, json={"checkpoint": "dpo"})).json()
-                assert (swap["previous_version"], swap["version"]) == (sft, version(root, "dpo"))
+                assert (swap["previous_version"], swap["version"]) == (sft, version(swap_root, "dpo"))
         finally:
             await state.stop()
 
@@ -223,8 +219,8 @@ def test_paths_outside_the_root_are_refused(admin_server, tiny_checkpoints):
     assert ask(admin_server).status_code == 200
 
 
-def test_best_of_unload_and_rollback(admin_server, root):
-    dpo, ppo = version(root, "dpo"), version(root, "ppo")
+def test_best_of_unload_and_rollback(admin_server, swap_root):
+    dpo, ppo = version(swap_root, "dpo"), version(swap_root, "ppo")
     assert admin(admin_server, "PATCH", "/admin/policies/live", {"best_of": 3}).json()["default_best_of"] == 3
     assert ask(admin_server).json()["bon"]["best_of"] == 3
     assert admin(admin_server, "PATCH", "/admin/policies/live", {"best_of": 999}).status_code == 400
@@ -251,7 +247,7 @@ def test_best_of_unload_and_rollback(admin_server, root):
     assert cards["live"] == {"version": dpo, "backend": "hf", "default_best_of": 3}
     admin(admin_server, "PATCH", "/admin/policies/live", {"best_of": 2})
 
-    rm, rm2 = version(root, "rm"), version(root, "rm-v2")
+    rm, rm2 = version(swap_root, "rm"), version(swap_root, "rm-v2")
     assert admin(admin_server, "POST", "/admin/reward", {"checkpoint": "rm-v2"}).json()["version"] == rm2
     assert ask(admin_server).json()["bon"]["reward_model_version"] == rm2
     assert admin(admin_server, "POST", "/admin/reward/rollback").json()["version"] == rm
@@ -266,7 +262,7 @@ def _bon(*args: str, **env: str) -> subprocess.Popen:
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_bon_checkpoints_drives_a_running_server(admin_server, root):
+def test_bon_checkpoints_drives_a_running_server(admin_server, swap_root):
     listing = _bon("list", "--url", admin_server.url, "--json", BON_ADMIN_KEY=KEY)
     refused = _bon("load", "live", "../sft", "--url", admin_server.url, "--admin-key", KEY)
     out, err = listing.communicate(timeout=120)
@@ -279,25 +275,27 @@ def test_bon_checkpoints_drives_a_running_server(admin_server, root):
     load = _bon("load", "live", "ppo", "--best-of", "2", "--url", admin_server.url, "--admin-key", KEY)
     out, err = load.communicate(timeout=120)
     assert load.returncode == 0, err
-    assert f"live: {version(root, 'dpo')} -> {version(root, 'ppo')}" in out
-    assert ask(admin_server).json()["bon"]["policy_version"] == version(root, "ppo")
+    assert f"live: {version(swap_root, 'dpo')} -> {version(swap_root, 'ppo')}" in out
+    assert ask(admin_server).json()["bon"]["policy_version"] == version(swap_root, "ppo")
     assert time.monotonic() - started < 60
     assert admin(admin_server, "POST", "/admin/policies/live/rollback").status_code == 200
 
 
-def test_a_second_change_while_one_runs_is_refused_and_serving_goes_on(root, monkeypatch):
+def test_a_second_change_while_one_runs_is_refused_and_serving_goes_on(swap_root, monkeypatch):
     import server.admin
 
     real_load = server.admin.load_policy
+    loading, release = threading.Event(), threading.Event()
 
-    def slow_load(spec):
-        time.sleep(1.5)
+    def held_load(spec):
+        loading.set()
+        release.wait(60)
         return real_load(spec)
 
-    monkeypatch.setattr(server.admin, "load_policy", slow_load)
+    monkeypatch.setattr(server.admin, "load_policy", held_load)
 
     async def scenario() -> None:
-        app = create_app(Settings(checkpoints=root, admin_key=KEY, default_best_of=2, default_max_tokens=6))
+        app = create_app(Settings(checkpoints=swap_root, admin_key=KEY, default_best_of=2, default_max_tokens=6))
         state = app.state.bon
         await state.start()
         try:
@@ -305,15 +303,17 @@ def test_a_second_change_while_one_runs_is_refused_and_serving_goes_on(root, mon
                                          timeout=60) as client:
                 first = asyncio.create_task(client.post("/admin/policies/dpo", headers=ADMIN,
                                                         json={"checkpoint": "dpo"}))
-                await asyncio.sleep(0.3)
+                assert await asyncio.to_thread(loading.wait, 30), "the first load never started"
                 second = await client.post("/admin/policies/ppo", headers=ADMIN, json={"checkpoint": "ppo"})
                 assert second.status_code == 409 and second.json()["error"]["code"] == "swap_in_progress"
                 assert second.headers["retry-after"] == "1"
                 assert (await client.get("/admin/models", headers=ADMIN)).status_code == 200
                 served = await client.post("/v1/chat/completions", json={"model": "sft", "messages": PROMPT})
                 assert served.status_code == 200 and not first.done()  # requests go on during the load
-                assert (await first).json()["version"] == version(root, "dpo")
+                release.set()
+                assert (await first).json()["version"] == version(swap_root, "dpo")
         finally:
+            release.set()
             await state.stop()
 
     asyncio.run(scenario())

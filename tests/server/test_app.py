@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import time
 
 import httpx
 import pytest
@@ -11,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.interface import RewardSpec
 from models.reward_hf import HFReward
+from tests.builders import wait_until
 
 PROMPT = [{"role": "user", "content": "What can I do with my teddy bear today?"}]
 
@@ -199,10 +199,7 @@ def test_a_client_that_disconnects_cancels_its_generation(server):
     body = {"model": "sft", "messages": PROMPT, "max_tokens": 230, "temperature": 2.0, "best_of": 32}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.15))
-    deadline = time.monotonic() + 10
-    while counts()[0] == cancelled:
-        assert time.monotonic() < deadline, "the server never noticed the disconnect"
-        time.sleep(0.05)
+    wait_until(lambda: counts()[0] != cancelled, 10, "the server to notice the disconnect")
     assert counts() == (cancelled + 1, answered)  # stopped, not answered
 
 

@@ -8,21 +8,29 @@ from server.batcher import MicroBatcher
 
 
 class Recorder:
-    """A scoring function that records the batches it is given (score = length of the text)."""
+    """A scoring function that records the batches it is given (score = length of the text); `scoring` is set
+    once a forward pass has begun, which then takes `delay_s`."""
 
     def __init__(self, delay_s: float = 0.0, fail_on: str | None = None):
         self.batches: list[list[str]] = []
         self.delay_s = delay_s
         self.fail_on = fail_on
         self.threads: set[str] = set()
+        self.scoring = threading.Event()
 
     def __call__(self, items: list[str]) -> list[float]:
         self.threads.add(threading.current_thread().name)
         self.batches.append(list(items))
+        self.scoring.set()
         if self.fail_on in items:
             raise RuntimeError("boom")
-        time.sleep(self.delay_s)
+        time.sleep(self.delay_s)  # the forward pass
         return [float(len(x)) for x in items]
+
+
+async def in_forward_pass(recorder: Recorder) -> None:
+    """Wait until the recorder's first forward pass has begun."""
+    assert await asyncio.to_thread(recorder.scoring.wait, 10), "no forward pass began"
 
 
 async def _with_batcher(recorder: Recorder, body, **kwargs):
@@ -88,7 +96,7 @@ def test_jobs_arriving_during_a_forward_pass_form_the_next_batch():
 
     async def body(batcher):
         first = asyncio.create_task(batcher.score(["first"]))
-        await asyncio.sleep(0.05)  # the first batch is now in its forward pass
+        await in_forward_pass(recorder)
         later = [asyncio.create_task(batcher.score([f"later-{i}"])) for i in range(4)]
         return await asyncio.gather(first, *later)
 
@@ -113,10 +121,10 @@ def test_cancelled_jobs_are_dropped_before_scoring():
 
     async def body(batcher):
         busy = asyncio.create_task(batcher.score(["busy"]))
-        await asyncio.sleep(0.05)
+        await in_forward_pass(recorder)
         gone = asyncio.create_task(batcher.score(["gone"]))
         kept = asyncio.create_task(batcher.score(["kept"]))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # one turn of the loop: both tasks run up to their wait, so both jobs are queued
         gone.cancel()
         return await asyncio.gather(busy, kept)
 

@@ -1,12 +1,13 @@
 """Every refusal in OpenAI's envelope with the right status: 400, 401, 404, 413, 429, 503; never 422 or 500."""
 
 import asyncio
-import time
 
 import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.builders import wait_until, wait_until_async
 
 PROMPT = [{"role": "user", "content": "What can I do with my teddy bear today?"}]
 CHAT = "/v1/chat/completions"
@@ -146,11 +147,10 @@ def test_admission_full_is_429_with_retry_after(strict, api_key):
 
 def test_not_ready_is_503(broken):
     assert httpx.get(broken.url + "/health").status_code == 200
-    deadline = time.monotonic() + 60
-    while "sha256" not in (error := envelope(httpx.get(broken.url + "/ready"), 503))["message"]:
-        assert time.monotonic() < deadline, error  # still loading: also a 503
-        time.sleep(0.1)
-    assert error["code"] == "not_ready"
+    # Still loading is a 503 too; then the verification error says why it never gets ready.
+    wait_until(lambda: "sha256" in envelope(httpx.get(broken.url + "/ready"), 503)["message"], 60,
+               "the reward model's verification to fail")
+    assert envelope(httpx.get(broken.url + "/ready"), 503)["code"] == "not_ready"
     response = httpx.post(broken.url + CHAT, json=_chat())
     assert envelope(response, 503)["type"] == "service_unavailable" and "retry-after" in response.headers
     envelope(httpx.get(broken.url + "/v1/models"), 503)
@@ -168,20 +168,17 @@ def test_a_queued_client_that_disconnects_leaves_the_queue(strict, api_key):
     async def run():
         async with httpx.AsyncClient(base_url=strict.url, headers=auth, timeout=60) as c:
             holder = asyncio.create_task(c.post(CHAT, json=long))
-            await asyncio.sleep(0.1)  # the holder has the only slot
+            await wait_until_async(lambda: gauge("bon_requests_in_flight") == 1, 30, "the holder to take the slot")
             before = gauge("bon_requests_cancelled")
             with pytest.raises(httpx.ReadTimeout):
                 await c.post(CHAT, json=long, timeout=httpx.Timeout(60, read=0.1))
-            queued_after_leaving = []
-            for _ in range(40):
-                queued_after_leaving.append(gauge("bon_requests_queued"))
-                if queued_after_leaving[-1] == 0 and gauge("bon_requests_cancelled") == before + 1:
-                    break
-                await asyncio.sleep(0.05)
-            return (await holder).status_code, before, queued_after_leaving[-1]
+            await wait_until_async(lambda: gauge("bon_requests_queued") == 0
+                                   and gauge("bon_requests_cancelled") == before + 1, 10,
+                                   "the queued client to leave the queue")
+            return (await holder).status_code, before
 
-    status, before, queued = asyncio.run(run())
-    assert status == 200 and queued == 0
+    status, before = asyncio.run(run())
+    assert status == 200
     assert gauge("bon_requests_cancelled") == before + 1
 
 

@@ -13,12 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 import world
+from common.servers import Server
 from models.interface import RewardSpec
 from models.loader import load_reward
 from models.reward_judge import JudgeReward
 from server.settings import Settings
 from server.state import load_guard
-from tests.server.conftest import Server, launch_server
+from tests.builders import launch_server
 
 PROMPTS = ("Can I put my teddy bear in the washer?", "What is 7 + 5?", "Suggest a new activity I could do with my "
            "toy robot.")

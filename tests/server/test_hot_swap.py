@@ -19,8 +19,7 @@ from models.checkpoint import read_manifest
 from server.app import create_app
 from server.settings import Settings
 from server.state import PolicyEntry, Served
-from tests.models.test_registry import build_swap_root
-from tests.server.conftest import launch_server
+from tests.builders import launch_server, wait_until_async
 
 KEY = "swap-test-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
@@ -30,11 +29,6 @@ SWAPS = [*[("policy", "ppo" if k % 2 == 0 else "dpo") for k in range(10)]]
 SWAPS.insert(3, ("reward", "rm-v2"))
 SWAPS.insert(8, ("reward", "rm"))
 """The policy goes DPO -> PPO -> DPO ... 10 times; the RM goes rm -> rm-v2 -> rm in between."""
-
-
-@pytest.fixture(scope="module")
-def root(tiny_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_swap_root(tiny_checkpoints, tmp_path_factory.mktemp("swap-root"))
 
 
 def version(root: Path, name: str) -> str:
@@ -84,16 +78,9 @@ class GatedReward:
         self.inner.close()
 
 
-async def _until(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
-def test_a_swapped_out_model_is_closed_only_after_its_last_request(root):
+def test_a_swapped_out_model_is_closed_only_after_its_last_request(swap_root):
     async def scenario() -> None:
-        app = create_app(Settings(checkpoints=root, admin_key=KEY, default_best_of=2, default_max_tokens=6))
+        app = create_app(Settings(checkpoints=swap_root, admin_key=KEY, default_best_of=2, default_max_tokens=6))
         state = app.state.bon
         await state.start()
         configured = state.served
@@ -118,11 +105,12 @@ def test_a_swapped_out_model_is_closed_only_after_its_last_request(root):
                 swap = (await client.post("/admin/policies/sft", headers=ADMIN, json={"checkpoint": "dpo"})).json()
                 assert (swap["previous_version"], swap["previous_in_flight"]) == ("sft-gated", 1)
                 fresh = (await ask()).json()["bon"]
-                assert fresh["policy_version"] == version(root, "dpo") and fresh["reward_model_version"] == "rm-gated"
+                assert (fresh["policy_version"], fresh["reward_model_version"]) == (version(swap_root, "dpo"),
+                                                                                    "rm-gated")
                 assert not policy.closed and draining() == 1
                 policy.release.set()
                 assert (await slow).json()["bon"]["policy_version"] == "sft-gated"
-                await _until(lambda: policy.closed)
+                await wait_until_async(lambda: policy.closed, what="the old policy to close")
                 assert draining() == 0
 
                 # The reward model: a request is being scored by the old one when the swap happens.
@@ -132,13 +120,13 @@ def test_a_swapped_out_model_is_closed_only_after_its_last_request(root):
                 await asyncio.wait_for(asyncio.to_thread(reward.entered.wait, 10), 15)
                 swap = (await client.post("/admin/reward", headers=ADMIN, json={"checkpoint": "rm-v2"})).json()
                 assert (swap["previous_version"], swap["previous_in_flight"]) == ("rm-gated", 1)
-                assert (await ask()).json()["bon"]["reward_model_version"] == version(root, "rm-v2")
+                assert (await ask()).json()["bon"]["reward_model_version"] == version(swap_root, "rm-v2")
                 assert not reward.closed
                 reward.release.set()
                 answered = (await slow).json()["bon"]
                 assert answered["reward_model_version"] == "rm-gated"
-                assert answered["policy_version"] == version(root, "dpo")
-                await _until(lambda: reward.closed)
+                assert answered["policy_version"] == version(swap_root, "dpo")
+                await wait_until_async(lambda: reward.closed, what="the old reward model to close")
         finally:
             reward.release.set()
             await state.stop()
@@ -189,7 +177,7 @@ async def _client(client: httpx.AsyncClient, index: int, deadline: float, answer
 async def _swapper(admin: httpx.AsyncClient, start: float, swaps: list[Swap]) -> None:
     gap = (DURATION_S - 4.0) / len(SWAPS)
     for k, (target, checkpoint) in enumerate(SWAPS):
-        await asyncio.sleep(max(0.0, start + 1.5 + k * gap - time.time()))
+        await asyncio.sleep(max(0.0, start + 1.5 + k * gap - time.time()))  # the schedule: a swap every `gap` s
         path = "/admin/policies/live" if target == "policy" else "/admin/reward"
         requested = time.time()
         response = await admin.post(path, json={"checkpoint": checkpoint})
@@ -210,8 +198,9 @@ def _live_while_served(windows: list[tuple[str, float, float]], answer_version: 
                for v, start, end in windows)
 
 
-def test_steady_load_through_policy_and_reward_swaps(root, log_dir):
-    server = launch_server(root, log_dir, "--admin-key", KEY, "--policy", f"live={root / 'dpo'}",
+@pytest.mark.slow  # a 30-second benchmark: `make test-slow`
+def test_steady_load_through_policy_and_reward_swaps(swap_root, log_dir):
+    server = launch_server(swap_root, log_dir, "--admin-key", KEY, "--policy", f"live={swap_root / 'dpo'}",
                            "--default-best-of", "2", "--default-max-tokens", "8", "--max-in-flight", "8",
                            "--rm-max-wait-ms", "5")
     try:
@@ -238,15 +227,15 @@ def test_steady_load_through_policy_and_reward_swaps(root, log_dir):
     assert [s.status for s in swaps] == [200] * len(SWAPS), [s.body for s in swaps if s.status != 200]
     policy_swaps = [s for s in swaps if s.target == "policy"]
     reward_swaps = [s for s in swaps if s.target == "reward"]
-    assert [s.body["version"] for s in policy_swaps] == [version(root, s.checkpoint) for s in policy_swaps]
+    assert [s.body["version"] for s in policy_swaps] == [version(swap_root, s.checkpoint) for s in policy_swaps]
 
-    policy_windows = _windows(version(root, "dpo"), policy_swaps)
-    reward_windows = _windows(version(root, "rm"), reward_swaps)
+    policy_windows = _windows(version(swap_root, "dpo"), policy_swaps)
+    reward_windows = _windows(version(swap_root, "rm"), reward_swaps)
     for answer in answers:
         assert _live_while_served(policy_windows, answer.policy_version, answer), answer
         assert _live_while_served(reward_windows, answer.reward_version, answer), answer
-    assert {a.policy_version for a in answers} == {version(root, "dpo"), version(root, "ppo")}
-    assert {a.reward_version for a in answers} == {version(root, "rm"), version(root, "rm-v2")}
+    assert {a.policy_version for a in answers} == {version(swap_root, "dpo"), version(swap_root, "ppo")}
+    assert {a.reward_version for a in answers} == {version(swap_root, "rm"), version(swap_root, "rm-v2")}
 
     # Swap latency: from the admin request to the first answer on the new model.
     latency = {}
@@ -261,7 +250,8 @@ def test_steady_load_through_policy_and_reward_swaps(root, log_dir):
     assert ok == {"policy": 10, "reward": 2} and samples[("bon_models_draining", ())] == 0
     by_version = {labels: value for (name, labels), value in samples.items() if name == "bon_requests_total"}
     assert sum(by_version.values()) == len(answers)
-    assert {dict(labels)["version"] for labels in by_version} == {version(root, "dpo"), version(root, "ppo")}
+    assert {dict(labels)["version"] for labels in by_version} == {version(swap_root, "dpo"),
+                                                                   version(swap_root, "ppo")}
 
     report = {
         "clients": CLIENTS, "duration_s": DURATION_S, "requests": len(answers), "failed": 0,

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from tests.server.conftest import API_KEY, Server, launch_server
+from common.servers import Server
+from tests.builders import API_KEY, launch_server
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Request, Response

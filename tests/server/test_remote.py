@@ -9,8 +9,6 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.policy_openai import Balancer, normalise_base_url
-
 PROMPT = [{"role": "user", "content": "Can you suggest an activity for the old cat?"}]
 
 
@@ -63,21 +61,3 @@ def test_the_remote_servers_refusal_is_the_clients_400(front):
     response = httpx.post(front.url + "/v1/chat/completions", timeout=60,
                           json={"model": "sft", "messages": PROMPT, "max_tokens": 250})
     assert response.status_code == 400 and "context" in response.json()["error"]["message"]
-
-
-def test_balancer_round_robin_and_least_outstanding():
-    urls = ["http://a/v1", "http://b/v1", "http://c/v1"]
-    rr = Balancer(urls)
-    assert [rr.pick() for _ in range(4)] == ["http://a/v1", "http://b/v1", "http://c/v1", "http://a/v1"]
-    assert rr.pick(avoid="http://b/v1") != "http://b/v1"
-    lo = Balancer(urls, "least_outstanding")
-    with lo.track("http://a/v1"), lo.track("http://b/v1"):
-        assert lo.pick() == "http://c/v1"
-        with lo.track("http://c/v1"), lo.track("http://c/v1"):
-            assert lo.pick() in ("http://a/v1", "http://b/v1")
-    assert lo.outstanding == dict.fromkeys(urls, 0)
-
-
-@pytest.mark.parametrize("url", ["http://h:8000", "http://h:8000/", "http://h:8000/v1", "http://h:8000/v1/"])
-def test_base_urls_are_normalised(url):
-    assert normalise_base_url(url) == "http://h:8000/v1"

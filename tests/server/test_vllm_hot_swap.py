@@ -4,15 +4,13 @@ engine's processes exit and give their memory back once its last request is answ
 
 import asyncio
 import json
-import time
 
 import httpx
 import psutil
 import pytest
 
 from models.checkpoint import read_manifest
-from tests.models.test_registry import build_swap_root
-from tests.server.conftest import Sampler, launch_server
+from tests.builders import Sampler, launch_server, wait_until_async
 
 pytestmark = pytest.mark.vllm
 
@@ -61,6 +59,11 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+async def _exited(engine: set[int]) -> None:
+    """Wait until the processes of a closed engine have exited."""
+    await wait_until_async(lambda: not running(engine), 60, f"the old engine's processes {sorted(engine)} to exit")
+
+
 async def _steady_load(url: str, stop: asyncio.Event, answers: list[tuple[int, str]]) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         while not stop.is_set():
@@ -70,13 +73,11 @@ async def _steady_load(url: str, stop: asyncio.Event, answers: list[tuple[int, s
             answers.append((response.status_code, version))
 
 
-def test_dpo_ppo_swaps_and_rollback_under_load_fail_nothing_and_free_the_old_engine(tiny_checkpoints, log_dir,
-                                                                                       tmp_path_factory):
-    root = build_swap_root(tiny_checkpoints, tmp_path_factory.mktemp("vllm-swap-root"))
-    versions = {name: read_manifest(root / name).version for name in ("dpo", "ppo")}
-    server = launch_server(root, log_dir, "--policy-backend", "vllm", "--vllm-engine-args", '{"enforce_eager": true}',
-                           "--admin-key", KEY, "--policy", f"live={root / 'dpo'}", "--max-in-flight", "16",
-                           "--default-max-tokens", "8")
+def test_dpo_ppo_swaps_and_rollback_under_load_fail_nothing_and_free_the_old_engine(swap_root, log_dir):
+    versions = {name: read_manifest(swap_root / name).version for name in ("dpo", "ppo")}
+    server = launch_server(swap_root, log_dir, "--policy-backend", "vllm", "--vllm-engine-args",
+                           '{"enforce_eager": true}', "--admin-key", KEY, "--policy", f"live={swap_root / 'dpo'}",
+                           "--max-in-flight", "16", "--default-max-tokens", "8")
     admin = {"Authorization": f"Bearer {KEY}"}
     figures: list[dict] = []
     try:
@@ -85,11 +86,17 @@ def test_dpo_ppo_swaps_and_rollback_under_load_fail_nothing_and_free_the_old_eng
 
         async def run() -> list[tuple[int, str]]:
             answers: list[tuple[int, str]] = []
+
+            async def answered_by(version: str, since: int) -> None:
+                """Wait until `version` has given CLIENTS of the answers after the first `since`."""
+                await wait_until_async(lambda: sum(v == version for _, v in answers[since:]) >= CLIENTS, 120,
+                                       f"{CLIENTS} answers from {version}")
+
             stop = asyncio.Event()
             load = [asyncio.create_task(_steady_load(server.url, stop, answers)) for _ in range(CLIENTS)]
             async with httpx.AsyncClient(base_url=server.url, timeout=300, headers=admin) as client:
+                await answered_by(versions["dpo"], 0)  # the serving engine answers before the first swap
                 for action, expect in (("ppo", "ppo"), ("rollback", "dpo")):
-                    await asyncio.sleep(1.0)  # answers on the serving engine before each swap
                     old_engine = engine_processes(pid)
                     assert old_engine, "the serving engine runs in processes of its own"
                     rss_before = tree_rss(pid)
@@ -100,12 +107,9 @@ def test_dpo_ppo_swaps_and_rollback_under_load_fail_nothing_and_free_the_old_eng
                             response = await client.post("/admin/policies/live", json={"checkpoint": action})
                         assert response.status_code == 200, response.text
                         assert response.json()["version"] == versions[expect]
-                        # The old engine is closed after its last request; its processes then exit.
-                        deadline = time.monotonic() + 60
-                        while running(old_engine) and time.monotonic() < deadline:
-                            await asyncio.sleep(0.1)
-                    assert not running(old_engine), f"processes of the old engine still run: {running(old_engine)}"
-                    await asyncio.sleep(1.0)  # answers on the new engine after each swap
+                        swapped_at = len(answers)
+                        await _exited(old_engine)  # closed after its last request
+                    await answered_by(versions[expect], swapped_at)  # the new engine answers after each swap
                     figures.append({"swap": action, "seconds": response.json()["timings"],
                                     "rss_before_mib": rss_before >> 20, "rss_peak_mib": int(rss.peak()) >> 20,
                                     "rss_after_mib": tree_rss(pid) >> 20})

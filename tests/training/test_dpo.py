@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import training.dpo as dpo
 from models.chat import prompt_ids, user
 from models.checkpoint import verify
-from tests.conftest import bon_train
+from tests.builders import bon_train
 from training.dpo_config import DPOConfig
 from training.evaluate import load_policy
 from training.pairs import build_pairs

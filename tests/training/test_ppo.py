@@ -16,7 +16,7 @@ import training.ppo as ppo
 from bon.cli import main as bon_main
 from models.chat import prompt_ids, user
 from models.checkpoint import verify
-from tests.conftest import bon_train, config_flags
+from tests.builders import bon_train, config_flags
 from training.ppo_config import PPOConfig
 
 # 16 rollouts of at most 24 tokens per iteration, 2 epochs of 2 minibatches: an iteration in well under a second.

@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from models.chat import scored_ids, user
 from models.checkpoint import verify
-from tests.conftest import bon_train, tiny_rm_config
+from tests.builders import bon_train, tiny_rm_config
 from training.rm import spearman, train_rm
 
 

@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.chat import prompt_ids, user
 from models.checkpoint import CheckpointError, verify
-from tests.conftest import REPO, bon_train, config_flags, tiny_sft_config
+from tests.builders import REPO, bon_train, config_flags, tiny_sft_config, wait_until
 from training.sft import train_sft
 
 
@@ -52,11 +51,11 @@ def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp
     command = [sys.executable, "-m", "bon.cli", "train", "sft", *config_flags(tiny_sft_config(out, steps=120))]
     proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     state = out.parent / ".runs" / "sft" / "state.json"
-    deadline = time.time() + 120
-    while not state.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        wait_until(lambda: state.exists() or proc.poll() is not None, 120, "the run's first saved state")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     assert state.exists(), proc.stderr.read().decode()[-2000:]
     saved = json.loads(state.read_text())["step"]
     assert 0 < saved < 120 and not out.exists()

@@ -38,7 +38,8 @@ def test_float16_storage_is_a_new_verified_version_that_loads_as_float32(
     assert after.parent == "sft-0123456789" and after.figures["storage"]["dtype"] == "float16"
     assert after.hyperparameters == before.hyperparameters | {"storage_dtype": "float16"}
     assert _dtypes(path) == {"F16"} and _dtypes(tiny_checkpoints / name) == {"F32"}
-    assert (path / "model.safetensors").stat().st_size < 0.6 * (tiny_checkpoints / name / "model.safetensors").stat().st_size
+    size = (path / "model.safetensors").stat().st_size
+    assert size < 0.6 * (tiny_checkpoints / name / "model.safetensors").stat().st_size
     stored = cls.from_pretrained(str(path)).eval()
     assert next(stored.parameters()).dtype == torch.float32
     # The stored weights are the original ones rounded to float16, exactly.

@@ -1,7 +1,4 @@
-"""The transformers backends the server runs (models/policy_hf.py, models/reward_hf.py) on the tiny checkpoints."""
-
-import asyncio
-import shutil
+"""The transformers reward backend the server runs (models/reward_hf.py) on the tiny checkpoints."""
 
 import pytest
 import torch
@@ -9,54 +6,15 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassificat
 
 from models.chat import render
 from models.checkpoint import CheckpointError
-from models.interface import Cancelled, GenerationParams, PolicySpec, RewardSpec, checkpoint_version
-from models.policy_hf import HFPolicy
+from models.interface import RewardSpec
 from models.reward_hf import HFReward
 
 MESSAGES = [{"role": "user", "content": "What can I do with my teddy bear today?"}]
 
 
 @pytest.fixture(scope="module")
-def policy(tiny_checkpoints):
-    return HFPolicy.load(PolicySpec(name="sft", path=tiny_checkpoints / "sft"))
-
-
-@pytest.fixture(scope="module")
 def reward(tiny_checkpoints):
     return HFReward.load(RewardSpec(path=tiny_checkpoints / "rm"))
-
-
-def generate(policy, n=4, seed=0, cancelled=lambda: False, **params):
-    return asyncio.run(policy.generate(MESSAGES, n, GenerationParams(**params), seed, cancelled))
-
-
-def test_the_same_seed_samples_the_same_candidates(policy):
-    first, again = generate(policy, seed=3, max_tokens=12), generate(policy, seed=3, max_tokens=12)
-    assert first == again and len(first.candidates) == 4
-    assert generate(policy, seed=4, max_tokens=12).candidates != first.candidates
-    assert first.prompt_tokens == policy.count_prompt_tokens(MESSAGES) > 0
-    assert all(0 < c.tokens <= 12 for c in first.candidates)
-
-
-def test_stop_strings_cut_the_text_and_finish_with_stop(policy):
-    plain = generate(policy, n=8, seed=1, max_tokens=24, temperature=1.5)
-    cut = generate(policy, n=8, seed=1, max_tokens=24, temperature=1.5, stop=("a",))
-    for before, after in zip(plain.candidates, cut.candidates, strict=True):
-        assert after.text == before.text.split("a")[0].strip()  # cut, then stripped, as vLLM does
-        assert after.finish_reason == ("stop" if "a" in before.text else before.finish_reason)
-        assert after.tokens == before.tokens  # what was generated is still what it cost
-
-
-def test_cancelling_stops_between_decode_steps(policy):
-    calls = []
-
-    def cancelled() -> bool:
-        calls.append(1)
-        return len(calls) > 3
-
-    with pytest.raises(Cancelled):
-        generate(policy, n=8, max_tokens=200, temperature=2.0, cancelled=cancelled)
-    assert len(calls) == 4
 
 
 def test_rewards_are_raw_scores_independent_of_batch_padding(reward):
@@ -95,17 +53,3 @@ def test_a_reward_model_has_exactly_one_label(tiny_checkpoints):
                                                      num_hidden_layers=1, num_attention_heads=2, num_labels=2))
     with pytest.raises(CheckpointError, match="one label"):
         HFReward(two, tokenizer, "v")
-
-
-def test_checkpoints_are_verified_before_loading(tiny_checkpoints, tmp_path):
-    assert checkpoint_version(tiny_checkpoints / "rm", "reward", False).startswith("rm-")
-    with pytest.raises(CheckpointError, match="expected a reward"):
-        checkpoint_version(tiny_checkpoints / "sft", "reward", False)
-    plain = shutil.copytree(tiny_checkpoints / "rm", tmp_path / "plain-hf")
-    (plain / "manifest.json").unlink()
-    with pytest.raises(CheckpointError):
-        checkpoint_version(plain, "reward", False)
-    assert checkpoint_version(plain, "reward", True) == "unverified-plain-hf"
-    (plain / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="safetensors"):
-        checkpoint_version(plain, "reward", True)
