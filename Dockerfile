@@ -22,5 +22,9 @@ ENV BON_CHECKPOINTS=/checkpoints \
     VLLM_NO_USAGE_STATS=1
 VOLUME ["/checkpoints"]
 EXPOSE 8000
+# A container listens on every interface, so the server refuses to start without an API key: pass one with
+# `-e BON_API_KEYS='["sk-..."]'` (or `--policy-backend vllm --api-key sk-...` after the image name, which replace
+# CMD); `-e BON_ALLOW_OPEN=1` serves it to anyone who can reach the port, only when said so (docs/api.md,
+# Configuration).
 ENTRYPOINT ["bon", "serve", "--host", "0.0.0.0", "--port", "8000"]
 CMD ["--policy-backend", "vllm"]

@@ -151,8 +151,8 @@ def load_reward_model(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     """A verified reward checkpoint, in eval mode on the CPU."""
     verify(path, kind="reward")
     model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True,
-                                                               trust_remote_code=False)
-    return model.eval(), AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+                                                               trust_remote_code=False, local_files_only=True)
+    return model.eval(), AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
 
 
 def build_pool(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],

@@ -3,7 +3,8 @@
 A checkpoint directory holds `config.json`, `*.safetensors` weights, tokenizer files with a chat template, and
 a manifest that records what the checkpoint is (kind, method, parent), how it was made (hyper-parameters), how
 good it is (figures), and the sha256 of every file beside it. Loading code calls `verify` first, so a truncated,
-tampered or pickled file never reaches `from_pretrained`.
+tampered or pickled file never reaches `from_pretrained`; the serving backends have it copy the checkpoint as it
+hashes it and load the copy, so that what they load is what was hashed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -58,11 +60,15 @@ class Manifest:
         return manifest
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, copy_to: Path | None = None) -> str:
+    """The file's sha256; with `copy_to`, every block read is also written there, so the copy is what was hashed."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, ExitStack() as stack:
+        out = stack.enter_context(open(copy_to, "xb")) if copy_to is not None else None
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+            if out is not None:
+                out.write(block)
     return digest.hexdigest()
 
 
@@ -136,14 +142,33 @@ def read_manifest(directory: Path) -> Manifest:
     return Manifest.from_dict(read_json_object(Path(directory) / MANIFEST))
 
 
-def verify(directory: Path, kind: Kind | None = None) -> Manifest:
-    """Check the manifest and the sha256 of every file; raise `CheckpointError` on any mismatch."""
+def _check_inside(directory: Path, names: Iterable[str]) -> None:
+    """Each name is a relative path without `..` that resolves (links followed) inside `directory`."""
+    inside = directory.resolve()
+    for name in names:
+        relative = Path(name)
+        if (not relative.parts or relative.is_absolute() or ".." in relative.parts
+                or not (directory / relative).resolve().is_relative_to(inside)):
+            raise CheckpointError(f"{directory}: the manifest lists {name!r}, outside the checkpoint")
+
+
+def verify(directory: Path, kind: Kind | None = None, copy_to: Path | None = None) -> Manifest:
+    """Check the manifest, its version and the sha256 of every file; raise `CheckpointError` on any mismatch.
+
+    With `copy_to` (an empty directory), each listed file is copied there as it is hashed: loading from the copy
+    loads the bytes this call verified, whatever is written to `directory` meanwhile.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a checkpoint directory")
     manifest = read_manifest(directory)
     if kind is not None and manifest.kind != kind:
         raise CheckpointError(f"{directory}: a {manifest.kind} checkpoint, expected a {kind} checkpoint")
+    _check_inside(directory, manifest.files)
+    expected_version = _version(manifest.method, manifest.files)
+    if manifest.version != expected_version:
+        raise CheckpointError(f"{directory}: the manifest's version {manifest.version!r} does not name its files "
+                              f"(their hashes give {expected_version!r})")
     present = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST}
     pickled = sorted(name for name in present if Path(name).suffix in _PICKLE_SUFFIXES)
     if pickled:
@@ -154,7 +179,11 @@ def verify(directory: Path, kind: Kind | None = None) -> Manifest:
         path = directory / name
         if not path.is_file():
             raise CheckpointError(f"{directory}: missing file {name}")
-        if sha256_file(path) != expected:
+        copy = None
+        if copy_to is not None:
+            copy = copy_to / name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+        if sha256_file(path, copy) != expected:
             raise CheckpointError(f"{directory}: sha256 mismatch for {name} (tampered or truncated)")
     unlisted = sorted(present - set(manifest.files))
     if unlisted:

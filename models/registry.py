@@ -220,8 +220,8 @@ def _check_tokenizer(path: Path, kind: Kind) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: the tokenizer or config does not load: {exc}") from None
     rows = getattr(config.get_text_config(), "vocab_size", None)

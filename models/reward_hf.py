@@ -3,12 +3,13 @@
 Every candidate is rendered as [conversation..., assistant answer] with the RM's own chat template and
 tokenized with the RM's own tokenizer (never the policy's ids). Batches are right-padded, as the RM trainer
 pads them, and the score is the raw logit `logits[:, 0]`: a decoder RM reads it at the last non-pad token
-(transformers finds it through `config.pad_token_id`), an encoder RM at [CLS].
+(transformers finds it through `config.pad_token_id`), an encoder RM at [CLS]. A batch with an item longer than
+`max_length` (the smaller of the config's positions and the tokenizer's `model_max_length`) is refused with
+`ContextLengthExceeded`, never scored truncated.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -17,9 +18,15 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from models.batching import pad_batch
 from models.chat import scored_ids
 from models.checkpoint import CheckpointError
-from models.interface import RewardSpec, Score, ScoreItem, checkpoint_version, classify_activation, resolve_device
-
-log = logging.getLogger(__name__)
+from models.interface import (
+    ContextLengthExceeded,
+    RewardSpec,
+    Score,
+    ScoreItem,
+    classify_activation,
+    resolve_device,
+    verified_copy,
+)
 
 
 def score_sequences(model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
@@ -54,19 +61,22 @@ class HFReward:
     def load(cls, spec: RewardSpec) -> HFReward:
         if spec.path is None:
             raise CheckpointError("the hf reward backend needs a checkpoint path")
-        version = checkpoint_version(spec.path, "reward", spec.options.get("allow_unverified", False))
         device = resolve_device(spec.options.get("device", "cpu"))
         dtype = torch.float32 if device == "cpu" else "auto"
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(spec.path), use_safetensors=True, trust_remote_code=False, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(str(spec.path), trust_remote_code=False)
+        with verified_copy(spec.path, "reward", spec.options.get("allow_unverified", False)) as (source, version):
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(source), use_safetensors=True, trust_remote_code=False, dtype=dtype, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False, local_files_only=True)
         return cls(model.to(device), tokenizer, version)
 
     def encode(self, items: Sequence[ScoreItem]) -> list[list[int]]:
         seqs = [scored_ids(self.tokenizer, messages, answer) for messages, answer in items]
-        if any(len(s) > self.max_length for s in seqs):
-            log.warning("a scored sequence exceeds the RM's %d tokens; truncating it", self.max_length)
-        return [s[: self.max_length] for s in seqs]
+        longest = max((len(s) for s in seqs), default=0)
+        if longest > self.max_length:
+            # A truncated item would get the score of another text (a decoder RM reads its last token).
+            raise ContextLengthExceeded(f"the conversation and its answer are {longest} tokens; the reward model "
+                                        f"reads at most {self.max_length}")
+        return seqs
 
     @torch.inference_mode()
     def score_batch(self, items: Sequence[ScoreItem]) -> list[Score]:
@@ -77,4 +87,8 @@ class HFReward:
         return [Score(value, len(s)) for value, s in zip(values, seqs, strict=True)]
 
     def close(self) -> None:
-        pass
+        """Drop the model so that its memory is freed (nothing scores after this); on a GPU, hand the freed
+        blocks back to the device, so that a swap's new RM can use them."""
+        del self.model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

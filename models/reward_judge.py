@@ -24,6 +24,8 @@ class JudgeReward:
     activation: Activation = "identity"
     """The judge's score is a reward already, not a logit."""
     label: str | None = None
+    max_length: int | None = None
+    """The judge reads text of any length."""
 
     def __init__(self) -> None:
         self._score = world.score

@@ -5,7 +5,8 @@ false}`, so the remote server renders its own RM's chat template and returns the
 `/classify` answers `{"data": [{"probs": [score], ...}], "usage": ...}`, `/pooling` answers
 `{"data": [{"data": [score]}], "usage": ...}`, `usage.prompt_tokens` counting what the remote RM read. The chat
 form takes one conversation per call, so a batch is sent as concurrent calls; the remote server batches them again
-on its side.
+on its side. Each call goes through `models.upstream`: one deadline, a bounded answer, 429s waited out; a malformed
+answer is a failure of the server, and the first call that fails for good fails the batch.
 
 `use_activation: false` is what keeps the Bradley-Terry score raw. vLLM 0.32 (checked against
 `vllm serve RM --runner pooling`, tests/models/test_reward_vllm.py) otherwise applies the pooler's default
@@ -16,34 +17,44 @@ activation on both endpoints: a sigmoid for a one-label model, unless the RM's c
 
 from __future__ import annotations
 
-import time
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import logging
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
-
 from models.interface import Activation, BackendError, RewardSpec, Score, ScoreItem
+from models.upstream import MAX_ANSWER_BYTES, Upstream
 
-_RETRYABLE = {408, 429, 500, 502, 503, 504}
+log = logging.getLogger(__name__)
 
 
 def _first_float(value: Any) -> float:
     while isinstance(value, list):
         if not value:
-            raise BackendError("the remote reward server returned an empty score")
+            raise ValueError("an empty score")
         value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int | float):  # float(True) would be a reward of 1
+        raise ValueError(f"a score that is not a number: {value!r}")
     return float(value)
 
 
-def parse_score(body: dict[str, Any]) -> Score:
-    """The score in a `/classify` (`probs`) or `/pooling` (`data`) response, with its `usage.prompt_tokens`."""
+def parse_score(raw: bytes) -> Score:
+    """The score in a `/classify` (`probs`) or `/pooling` (`data`) answer, with its `usage.prompt_tokens`;
+    ValueError for anything else."""
+    try:
+        body = json.loads(raw)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
     try:
         item = body["data"][0]
         value = _first_float(item["probs"] if "probs" in item else item["data"])
         tokens = int((body.get("usage") or {}).get("prompt_tokens") or 0)
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
-        raise BackendError(f"unexpected reward response: {str(body)[:300]}") from exc
+    except (AttributeError, KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"not a /classify or /pooling answer ({type(exc).__name__}: {exc})") from exc
     return Score(value, tokens)
 
 
@@ -51,51 +62,64 @@ class RemoteReward:
     activation: Activation = "sigmoid"
     """The RM's config is on its server: vLLM's generic one-label default."""
     label: str | None = None
+    max_length: int | None = None
+    """The remote server knows its RM's context and refuses what exceeds it."""
 
     def __init__(self, url: str, model: str | None = None, *, timeout_s: float = 60.0, retries: int = 2,
-                 api_key: str | None = None, concurrency: int = 32):
+                 api_key: str | None = None, concurrency: int = 32, max_bytes: int = MAX_ANSWER_BYTES):
         self.url = url
         self.model = model
-        self.version = f"remote-{model or url}"
-        self.retries = retries
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)), headers=headers,
-                                    limits=httpx.Limits(max_connections=concurrency))
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="reward-remote")
+        # Every client sees the version: it stands for the URL, which names internal hosts, without showing it.
+        self.version = f"remote-{model}" if model else f"remote-{hashlib.sha256(url.encode()).hexdigest()[:10]}"
+        log.info("reward model %s is the remote server at %s", self.version, url)
+        self._upstream = Upstream("reward", [url], timeout_s=timeout_s, retries=retries, max_bytes=max_bytes,
+                                  api_key=api_key, max_connections=concurrency)
+        # `score_batch` is called from a worker thread; its calls run on this backend's own event loop, where each
+        # call's deadline holds.
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="reward-remote", daemon=True)
+        self._thread.start()
 
     @classmethod
     def load(cls, spec: RewardSpec) -> RemoteReward:
         if not spec.url:
-            raise BackendError("the remote reward backend needs a URL (e.g. http://host:8000/classify)")
+            raise BackendError("the remote reward backend needs a URL (e.g. http://host:8000/classify)", "reward")
         opts = spec.options
         return cls(spec.url, spec.remote_model, timeout_s=opts.get("timeout_s", 60.0),
-                   retries=opts.get("retries", 2), api_key=opts.get("api_key"))
+                   retries=opts.get("retries", 2), api_key=opts.get("api_key"),
+                   max_bytes=opts.get("max_bytes", MAX_ANSWER_BYTES))
 
-    def _score_one(self, item: ScoreItem) -> Score:
+    async def _score_one(self, item: ScoreItem) -> Score:
         messages, answer = item
         payload: dict[str, Any] = {"messages": [*messages, {"role": "assistant", "content": answer}],
                                    "use_activation": False}
         if self.model:
             payload["model"] = self.model
-        last_error = "no attempt"
-        for attempt in range(self.retries + 1):
-            try:
-                response = self._client.post(self.url, json=payload)
-            except httpx.TransportError as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    return parse_score(response.json())
-                last_error = f"HTTP {response.status_code}: {response.text[:300]}"
-                if response.status_code not in _RETRYABLE:
-                    break
-            if attempt < self.retries:
-                time.sleep(min(0.1 * 2**attempt, 2.0))
-        raise BackendError(f"reward server {self.url} failed: {last_error}")
+        return await self._upstream.post("", payload, parse_score)
+
+    async def _score_all(self, items: Sequence[ScoreItem]) -> list[Score]:
+        calls = [asyncio.ensure_future(self._score_one(item)) for item in items]
+        try:
+            return list(await asyncio.gather(*calls))
+        finally:
+            for call in calls:  # after a failure, the batch's other calls stop
+                call.cancel()
 
     def score_batch(self, items: Sequence[ScoreItem]) -> list[Score]:
-        return list(self._pool.map(self._score_one, items))
+        try:
+            return asyncio.run_coroutine_threadsafe(self._score_all(items), self._loop).result()
+        except concurrent.futures.CancelledError:
+            raise BackendError("the remote reward backend was closed while scoring", "reward") from None
+
+    async def _shutdown(self) -> None:
+        calls = asyncio.all_tasks() - {asyncio.current_task()}
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        await self._upstream.aclose()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._client.close()
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()

@@ -12,6 +12,7 @@ import logging
 import re
 import time
 import uuid
+from contextvars import ContextVar
 from typing import Any
 
 from server.settings import Settings
@@ -21,6 +22,8 @@ log = logging.getLogger("bon.access")
 banner_log = logging.getLogger("bon")
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+"""The id of the request being handled (None outside one), for messages that point the client to the log."""
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -41,6 +44,7 @@ class AccessLog:
         sent = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", ()))
         client_id = sent.get("x-request-id", "")
         request_id = client_id if _CLIENT_ID.match(client_id) else uuid.uuid4().hex[:16]
+        token = current_request_id.set(request_id)
         access: dict[str, Any] = {}
         scope.setdefault("state", {})["access"] = access
         status = 500  # what the client sees if the app fails before it answers
@@ -55,6 +59,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            current_request_id.reset(token)
             if self.enabled:
                 log.info("%s %s %s %d policy=%s best_of=%s %.1fms", request_id, scope["method"], scope["path"], status,
                          access.get("policy", "-"), access.get("best_of", "-"),

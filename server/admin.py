@@ -290,12 +290,18 @@ class Admin:
         what = f"policy {name!r}" if target == "policy" else "the reward model"
         metrics = self.state.metrics
         incoming = None
+        manifest: Manifest | None = None
         try:
             if spec.path is not None:
                 manifest = await asyncio.to_thread(self._validate, spec.path, target, from_registry)
                 _check_expected(manifest, expect)
             validated = time.perf_counter()
             incoming = await load()
+            if manifest is not None and incoming.held.version != manifest.version:
+                # The backend loads a copy it verified itself: another version there means the checkpoint was
+                # rewritten after the checks above ran on it.
+                raise CheckpointError(f"the checkpoint changed while it was loaded: {manifest.version} was checked, "
+                                      f"{incoming.held.version} was loaded")
             loaded = time.perf_counter()
             await incoming.warm_up()
         except BaseException as exc:

@@ -30,6 +30,10 @@ class Admission:
         self.waiting = 0
         self._slots = asyncio.Semaphore(max_in_flight)
 
+    def refusal(self, why: str) -> APIError:
+        """The 429 of an overload, with Retry-After."""
+        return APIError(429, f"{why}; retry later", code="queue_full", headers={"Retry-After": str(self.retry_after_s)})
+
     @asynccontextmanager
     async def slot(self, wait: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None) -> AsyncIterator[float]:
         """Hold one slot for the block; yields the seconds spent waiting for it.
@@ -37,9 +41,8 @@ class Admission:
         `wait` wraps the wait for a slot (e.g. to give up when the client disconnects while queued).
         """
         if self.in_flight + self.waiting >= self.max_in_flight + self.max_queue:
-            raise APIError(429, f"the server is at capacity ({self.max_in_flight} requests in flight, "
-                           f"{self.max_queue} queued); retry later", code="queue_full",
-                           headers={"Retry-After": str(self.retry_after_s)})
+            raise self.refusal(f"the server is at capacity ({self.max_in_flight} requests in flight, "
+                               f"{self.max_queue} queued)")
         started = time.perf_counter()
         self.waiting += 1
         self.metrics.queued.inc()

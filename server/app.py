@@ -21,7 +21,7 @@ from server import protocol as p
 from server.access import AccessLog, banner_log, ready_banner
 from server.admin import install_admin
 from server.errors import APIError, install_error_handlers
-from server.http import authorize, parse_body
+from server.http import authorize, holds_admin_key, parse_body
 from server.settings import Settings
 from server.state import ServerState
 
@@ -71,7 +71,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/ready")
     async def ready(request: Request) -> dict[str, object]:
-        served = pipeline.require_ready(_state(request))
+        """200 once serving; else 503 with a stable reason, and the failure behind it for the admin key only."""
+        state = _state(request)
+        served = pipeline.require_ready(state, detail=holds_admin_key(request, state.settings.admin_key))
         return {"status": "ready", "policies": {name: e.version for name, e in served.policies.items()},
                 "reward_model": served.reward.version}
 
@@ -106,17 +108,23 @@ def create_app(settings: Settings) -> FastAPI:
     async def classify(request: Request) -> p.ClassifyResponse:
         """vLLM 0.32's `/classify` (chat form) over the reward model, scored in the same micro-batches as the
         Best-of-N candidates: the same fields, `usage` included, and the same default activation (the reward
-        backend's `activation`)."""
+        backend's `activation`). Admitted like a completion (a slot, 429 when full, stopped when the client goes);
+        a conversation longer than the RM reads is a 400, never a score of a truncated text."""
         state = _state(request)
         authorize(request, state.settings.api_keys)
         pipeline.require_ready(state)
         req = await parse_body(request, p.ClassifyRequest, state.settings.max_body_bytes)
-        *conversation, answer = req.messages
+        answer = req.messages[-1]
         if answer.role != "assistant":
             raise APIError(400, "the last message must be the assistant answer to score", param="messages")
         served = pipeline.require_ready(state)  # leased before the next await, like a completion's models
-        with state.leases.hold(served.reward):
-            (score,) = await served.scorer.score([(pipeline.to_messages(conversation), answer.text())])
+        messages = pipeline.to_messages(req.messages)
+        if served.reward.max_length is not None:
+            pipeline.refuse_by_characters(messages, served.reward.max_length, "the conversation",
+                                          "the reward model's context", "messages")
+        with state.leases.hold(served.reward), pipeline.backend_errors(state, "messages"):
+            async with pipeline.DisconnectWatcher(request) as watcher, state.admission.slot(watcher.until_gone):
+                (score,) = await watcher.until_gone(served.scorer.score([(messages[:-1], answer.text())]))
         activation = "identity" if req.use_activation is False else served.reward.activation
         data = p.ClassifyData(index=0, label=served.reward.label, probs=[activate(activation, score.value)],
                               num_classes=1)

@@ -6,6 +6,11 @@ thread, and resolves each job's future with its slice of the scores (whatever th
 item). A job is never split: one larger than `max_batch` runs alone. While a forward pass runs, new jobs queue
 up, so batches grow with load by themselves.
 A job whose caller went away (its future cancelled) is dropped before it is scored.
+
+One job's failure is its own: `check` runs on every result and a job with a result it rejects gets that error
+while the rest of its batch gets their scores; when scoring a batch raises (one item too long, say), each of
+its jobs is scored again alone, so only the job that raises hears about it. At most `max_pending` items wait;
+a job that would exceed it is refused at once (`BatcherFull`), so a flood costs refusals, not memory.
 """
 
 from __future__ import annotations
@@ -22,21 +27,32 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class BatcherFull(RuntimeError):
+    """`max_pending` items are already waiting for the scoring function."""
+
+
 @dataclass
 class _Job(Generic[T, R]):
     items: list[T]
     future: asyncio.Future[list[R]]
 
 
+def _fail(job: _Job[T, R], exc: Exception) -> None:
+    if not job.future.done():  # its caller may have gone meanwhile
+        job.future.set_exception(exc)
+
+
 class MicroBatcher(Generic[T, R]):
-    def __init__(self, score: Callable[[list[T]], list[R]], *, max_batch: int, max_wait_s: float,
-                 on_batch: Callable[[int, float], None] | None = None):
-        if max_batch < 1 or max_wait_s < 0:
-            raise ValueError("max_batch must be positive and max_wait_s non-negative")
+    def __init__(self, score: Callable[[list[T]], list[R]], *, max_batch: int, max_wait_s: float, max_pending: int,
+                 on_batch: Callable[[int, float], None] | None = None, check: Callable[[R], None] | None = None):
+        if max_batch < 1 or max_wait_s < 0 or max_pending < 1:
+            raise ValueError("max_batch and max_pending must be positive and max_wait_s non-negative")
         self._score = score
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_pending = max_pending
         self._on_batch = on_batch
+        self._check = check
         self._pending: collections.deque[_Job[T, R]] = collections.deque()
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
@@ -63,6 +79,9 @@ class MicroBatcher(Generic[T, R]):
             return []
         if self._worker is None or self._worker.done():
             raise RuntimeError("the micro-batcher is not running")
+        waiting = sum(len(j.items) for j in self._pending if not j.future.done())
+        if waiting + len(items) > self.max_pending:
+            raise BatcherFull(f"{waiting} items are waiting for the reward model (at most {self.max_pending})")
         job = _Job(list(items), asyncio.get_running_loop().create_future())
         self._pending.append(job)
         self._arrived.set()
@@ -103,26 +122,45 @@ class MicroBatcher(Generic[T, R]):
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             jobs = [j for j in await self._collect() if not j.future.done()]
             if not jobs:
                 continue
-            items = [item for job in jobs for item in job.items]
-            started = time.perf_counter()
             try:
-                scores = await loop.run_in_executor(self._executor, self._score, items)
-                if len(scores) != len(items):
-                    raise RuntimeError(f"the reward model returned {len(scores)} scores for {len(items)} items")
-            except Exception as exc:  # every caller in the batch hears about it; the worker carries on
+                await self._forward(jobs)
+            except Exception as exc:  # the worker carries on; scored alone, each job finds out whether it failed
+                if len(jobs) == 1:
+                    _fail(jobs[0], exc)
+                    continue
                 for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                    if job.future.done():
+                        continue
+                    try:
+                        await self._forward([job])
+                    except Exception as alone:
+                        _fail(job, alone)
+
+    async def _forward(self, jobs: list[_Job[T, R]]) -> None:
+        """Score `jobs` in one call and resolve each with its slice, or with `check`'s error on a result of its
+        own; raises what the scoring raised, resolving none."""
+        items = [item for job in jobs for item in job.items]
+        started = time.perf_counter()
+        scores = await asyncio.get_running_loop().run_in_executor(self._executor, self._score, items)
+        if len(scores) != len(items):
+            raise RuntimeError(f"the reward model returned {len(scores)} scores for {len(items)} items")
+        if self._on_batch is not None:
+            self._on_batch(len(items), time.perf_counter() - started)
+        offset = 0
+        for job in jobs:
+            mine = list(scores[offset : offset + len(job.items)])
+            offset += len(job.items)
+            if job.future.done():
                 continue
-            if self._on_batch is not None:
-                self._on_batch(len(items), time.perf_counter() - started)
-            offset = 0
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_result(list(scores[offset : offset + len(job.items)]))
-                offset += len(job.items)
+            try:
+                if self._check is not None:
+                    for score in mine:
+                        self._check(score)
+            except Exception as exc:
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(mine)

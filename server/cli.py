@@ -68,11 +68,24 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(**overrides)
 
 
+def describe(error: ValidationError) -> str:
+    """What is wrong with the settings, field by field, without the values given: pydantic's own message quotes
+    them (for a check over several fields, every setting), and among them are the API, admin and upstream keys."""
+    lines = []
+    for item in error.errors(include_url=False, include_context=False, include_input=False):
+        field = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{field}: {message}" if field else message)
+    return "\n  ".join(lines)
+
+
 def serve(args: argparse.Namespace) -> None:
     """Start the server; a `ConfigError` that says what is wrong when the settings cannot be served."""
     try:
         settings = settings_from_args(args)
-    except (ValidationError, ValueError, OSError) as exc:
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {describe(exc)}") from None  # a chained error would quote the keys
+    except (ValueError, OSError) as exc:
         raise ConfigError(f"invalid settings: {exc}") from exc
     missing = settings.missing_checkpoints()
     if missing:
@@ -88,7 +101,8 @@ def serve(args: argparse.Namespace) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The server's own access log (server/access.py) replaces uvicorn's.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, timeout_graceful_shutdown=10)
+                access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=settings.timeout_keep_alive_s,
+                limit_concurrency=settings.limit_concurrency or settings.max_in_flight + settings.max_queue + 64)
 
 
 def main(argv: list[str] | None = None) -> None:

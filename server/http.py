@@ -42,9 +42,14 @@ def authorize(request: Request, keys: Sequence[str]) -> None:
                        headers={"WWW-Authenticate": "Bearer"})
 
 
+def holds_admin_key(request: Request, key: str | None) -> bool:
+    """Whether the request carries the admin key (never, on a server without one)."""
+    return key is not None and _holds_a_key(request, (key,))
+
+
 def authorize_admin(request: Request, key: str) -> None:
     """The admin API's check: a 401 unless the request carries the admin key (never an API key)."""
-    if not _holds_a_key(request, (key,)):
+    if not holds_admin_key(request, key):
         raise APIError(401, "invalid or missing admin key (Authorization: Bearer <admin key>)",
                        code="invalid_admin_key", headers={"WWW-Authenticate": "Bearer"})
 

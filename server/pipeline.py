@@ -11,18 +11,32 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from models.interface import BackendError, Cancelled, Generation, GenerationParams, Message, RemoteRequestError
+from models.interface import (
+    BackendError,
+    Cancelled,
+    ContextLengthExceeded,
+    Generation,
+    GenerationParams,
+    Message,
+    RemoteRequestError,
+    UpstreamBusy,
+    require_finite,
+)
 from server import protocol as p
+from server.access import current_request_id
+from server.batcher import BatcherFull
 from server.errors import APIError, invalid
 from server.http import authorize, parse_body
 from server.selection import Strategy, select
@@ -32,7 +46,11 @@ from server.state import PolicyEntry, Served, ServerState
 log = logging.getLogger(__name__)
 
 Endpoint = Literal["chat", "completion"]
-MAX_STOP_STRINGS = 16
+PROMPT_PARAM: dict[Endpoint, str] = {"chat": "messages", "completion": "prompt"}
+MAX_CHARS_PER_TOKEN = 32
+"""More characters than any tokenizer puts in one token on average over a text (English prose is about 4, code
+and whitespace runs under 10): a text with more characters than its token limit times this is over the limit,
+known without tokenizing it (about a second per MiB, which a client could otherwise make the server spend)."""
 
 
 @dataclass(frozen=True)
@@ -69,11 +87,14 @@ class Outcome:
 # Validate
 
 
-def require_ready(state: ServerState) -> Served:
+def require_ready(state: ServerState, detail: bool = False) -> Served:
+    """The models served now, or a 503 that says why not as a stable reason (`ServerState.reason`); the failure
+    behind it, which may name paths and URLs, only with `detail` (a caller holding the admin key)."""
     served = state.served
     if served is None:
-        reason = f": {state.error}" if state.error else " (loading and warming up the models)"
-        raise APIError(503, f"the server is not ready{reason}", code="not_ready",
+        why = state.error if detail and state.error else (
+            "the server's log says why" if state.error else "the models are loading and warming up")
+        raise APIError(503, f"the server is not ready ({state.reason}): {why}", code="not_ready",
                        headers={"Retry-After": str(state.settings.retry_after_s)})
     return served
 
@@ -120,8 +141,6 @@ def plan_request(req: p.ChatCompletionRequest | p.CompletionRequest, endpoint: E
     if req.stream_options is not None and not req.stream:
         raise invalid("stream_options is only allowed with stream: true", param="stream_options")
     stop = tuple(s for s in ([req.stop] if isinstance(req.stop, str) else req.stop or []) if s)
-    if len(stop) > MAX_STOP_STRINGS:
-        raise invalid(f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
     params = GenerationParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
                               top_p=1.0 if req.top_p is None else req.top_p, stop=stop, ignore_eos=req.ignore_eos)
     return Plan(endpoint=endpoint, policy=req.model, messages=_messages(req), n=n, best_of=best_of, params=params,
@@ -131,11 +150,32 @@ def plan_request(req: p.ChatCompletionRequest | p.CompletionRequest, endpoint: E
                 include_usage=bool(req.stream_options and req.stream_options.include_usage))
 
 
+def refuse_by_characters(messages: Sequence[Message], max_tokens: int, what: str, why: str, param: str) -> None:
+    """400 `context_length_exceeded` when the contents of `messages` have more characters than `max_tokens`
+    tokens can hold (`MAX_CHARS_PER_TOKEN` each): the cheap check before any tokenizing."""
+    chars = sum(len(m["content"]) for m in messages)
+    if chars > max_tokens * MAX_CHARS_PER_TOKEN:
+        raise invalid(f"{what} has {chars} characters, more than {max_tokens} tokens can hold ({why})",
+                      param=param, code="context_length_exceeded")
+
+
+def check_prompt_chars(entry: PolicyEntry, plan: Plan, settings: Settings) -> None:
+    """`refuse_by_characters` at the prompt's token limit: `max_prompt_tokens`, and what the policy's context
+    leaves beside `max_tokens`."""
+    limit, why = settings.max_prompt_tokens, "the limit on prompt tokens"
+    context = entry.backend.context_length
+    if context is not None and context - plan.params.max_tokens < limit:
+        limit = max(context - plan.params.max_tokens, 0)
+        why = f"what the model's context of {context} tokens leaves beside max_tokens ({plan.params.max_tokens})"
+    refuse_by_characters(plan.messages, limit, "the prompt", why, PROMPT_PARAM[plan.endpoint])
+
+
 def check_prompt_length(entry: PolicyEntry, plan: Plan, settings: Settings) -> None:
+    """The prompt's exact length checks, in the policy's tokens (blocking: run it off the event loop)."""
     count = entry.backend.count_prompt_tokens(plan.messages)
     if count is None:  # a remote policy without a local tokenizer: its server enforces its own limit
         return
-    param = "messages" if plan.endpoint == "chat" else "prompt"
+    param = PROMPT_PARAM[plan.endpoint]
     if count > settings.max_prompt_tokens:
         raise invalid(f"the prompt has {count} tokens; at most {settings.max_prompt_tokens} are accepted",
                       param=param, code="context_length_exceeded")
@@ -307,6 +347,34 @@ def _record(state: ServerState, o: Outcome, arrived: float) -> None:
         m.guard_gap.labels(**guarded).observe(best - o.guard_reward)
 
 
+@contextmanager
+def backend_errors(state: ServerState, param: str) -> Iterator[None]:
+    """What the backends raise for a request, as the API answers it (every endpoint that samples or scores);
+    `param` names the request's field that a too-long input came in."""
+    try:
+        yield
+    except Cancelled:
+        state.metrics.cancelled.inc()
+        log.info("client went away; generation and scoring of its request stopped")
+        raise APIError(499, "the client closed the request", code="client_closed") from None
+    except ContextLengthExceeded as exc:
+        raise invalid(str(exc), param=param, code="context_length_exceeded") from None
+    except RemoteRequestError as exc:
+        raise invalid(f"the {exc.role} server refused the request: {exc}") from None
+    except BatcherFull as exc:
+        raise state.admission.refusal(f"the reward model's queue is full ({exc})") from None
+    except BackendError as exc:
+        # What failed (URLs, what a remote server said) is for the operator: the client learns which backend
+        # failed, and the request id that finds the details in the log.
+        request_id = current_request_id.get()
+        log.error("request %s: the %s backend failed: %s", request_id, exc.role, exc)
+        where = f" (request id {request_id})" if request_id else ""
+        if isinstance(exc, UpstreamBusy):
+            raise APIError(503, f"the {exc.role} server is busy; retry later{where}", code="upstream_busy",
+                           headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}) from None
+        raise APIError(502, f"the {exc.role} backend failed{where}", code="upstream_error") from None
+
+
 async def guard(state: ServerState, o: Outcome) -> Outcome:
     """The guard's reward of the first chosen answer, scored inline after selection; a guard failure is logged
     and the answer still goes out."""
@@ -315,6 +383,7 @@ async def guard(state: ServerState, o: Outcome) -> Outcome:
     answer = o.generation.candidates[o.chosen[0]].text
     try:
         (score,) = await asyncio.to_thread(state.guard.score_batch, [(o.plan.messages, answer)])
+        require_finite(score)
     except Exception:
         log.exception("the guard failed to score an answer; it goes out unguarded")
         return o
@@ -334,23 +403,16 @@ async def handle(state: ServerState, request: Request, endpoint: Endpoint) -> Re
     served = require_ready(state)
     request.state.access["policy"] = req.model
     entry = lookup(served, req.model)
-    try:
-        with state.leases.hold(entry.backend, served.reward):
-            plan = plan_request(req, endpoint, entry, settings)
-            request.state.access["best_of"] = plan.best_of
-            check_prompt_length(entry, plan, settings)
-            async with DisconnectWatcher(request) as watcher, \
-                    state.admission.slot(watcher.until_gone) as queue_seconds:
-                outcome = await best_of_n(served, entry, plan, watcher, arrived, queue_seconds)
-    except Cancelled:
-        state.metrics.cancelled.inc()
-        log.info("client went away; generation and scoring of its request stopped")
-        raise APIError(499, "the client closed the request", code="client_closed") from None
-    except RemoteRequestError as exc:
-        raise invalid(f"the policy server refused the request: {exc}") from None
-    except BackendError as exc:
-        log.error("backend failure: %s", exc)
-        raise APIError(502, str(exc), code="upstream_error") from None
+    with state.leases.hold(entry.backend, served.reward), backend_errors(state, PROMPT_PARAM[endpoint]):
+        plan = plan_request(req, endpoint, entry, settings)
+        request.state.access["best_of"] = plan.best_of
+        check_prompt_chars(entry, plan, settings)
+        async with DisconnectWatcher(request) as watcher, \
+                state.admission.slot(watcher.until_gone) as queue_seconds:
+            # Tokenizing inside a slot and off the event loop: at most max_in_flight prompts at once, and
+            # /health and every other request keep being answered meanwhile.
+            await asyncio.to_thread(check_prompt_length, entry, plan, settings)
+            outcome = await best_of_n(served, entry, plan, watcher, arrived, queue_seconds)
     if state.guard is not None:
         outcome = await guard(state, outcome)
     _record(state, outcome, arrived)

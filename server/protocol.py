@@ -12,15 +12,31 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from server.selection import Strategy
 
 # OpenAI fields that change what a client gets back and that this server cannot honour.
 UNSUPPORTED_FIELDS = ("logprobs", "top_logprobs", "echo", "suffix", "logit_bias", "tools", "tool_choice",
                       "functions", "function_call", "response_format", "audio", "modalities", "prediction")
+MAX_STOP_STRINGS = 4
+"""OpenAI's documented limit: up to 4 stop sequences."""
+MAX_STOP_CHARS = 64
+"""Longest stop string: every candidate's text is searched for each one, and real ones are a few characters."""
+
+
+def _check_stop(stop: str | list[str] | None) -> str | list[str] | None:
+    strings = [stop] if isinstance(stop, str) else stop or []
+    if len(strings) > MAX_STOP_STRINGS:
+        raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+    if any(len(s) > MAX_STOP_CHARS for s in strings):
+        raise ValueError(f"a stop string has at most {MAX_STOP_CHARS} characters")
+    return stop
+
+
+Stop = Annotated[str | list[str] | None, AfterValidator(_check_stop)]
 
 
 class OpenAIModel(BaseModel):
@@ -67,7 +83,7 @@ class _ChatCompletionFields(OpenAIModel):
     max_tokens: int | None = Field(default=None, ge=1)
     n: int | None = Field(default=None, ge=1)
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
-    stop: str | list[str] | None = None
+    stop: Stop = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -85,7 +101,7 @@ class _CompletionFields(OpenAIModel):
     max_tokens: int | None = Field(default=None, ge=1)
     n: int | None = Field(default=None, ge=1)
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
-    stop: str | list[str] | None = None
+    stop: Stop = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)

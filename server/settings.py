@@ -20,6 +20,7 @@ Example config file (TOML):
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import tomllib
 from pathlib import Path
@@ -70,7 +71,8 @@ class RewardConfig(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BON_", env_nested_delimiter="__", extra="ignore")
 
-    host: str = Field("127.0.0.1", description="interface to listen on")
+    host: str = Field("127.0.0.1", description="interface to listen on; any but loopback needs an API key or "
+                      "--allow-open")
     port: int = Field(8000, description="port to listen on")
     config: Path | None = Field(None, description="config file (JSON or TOML) naming policies and the reward model")
     checkpoints: Path = Field(Path("checkpoints"), description="root of the default checkpoints")
@@ -91,12 +93,17 @@ class Settings(BaseSettings):
         "round_robin", description="how a replica is chosen")
     openai_tokenizer: Path | None = Field(
         None, description="the remote policy's tokenizer, to count prompt tokens here (optional)")
-    upstream_timeout_s: float = Field(120.0, gt=0, description="timeout of one call to a remote server")
+    upstream_timeout_s: float = Field(120.0, gt=0, description="deadline of one call to a remote server, its "
+                                      "retries and Retry-After waits included")
     upstream_retries: int = Field(2, ge=0, description="retries of a failed call to a remote server")
+    upstream_max_bytes: int = Field(16 << 20, ge=1, description="largest answer read from a remote server; a longer "
+                                    "one is that server's failure")
     upstream_api_key: str | None = Field(None, description="bearer key sent to remote servers")
     vllm_engine_args: dict[str, Any] = Field({}, description="extra vLLM AsyncEngineArgs (JSON)")
     api_keys: list[str] = Field([], description="accepted bearer keys; empty means no authentication")
     admin_key: str | None = Field(None, description="bearer key of the /admin API (hot swap); unset turns it off")
+    allow_open: bool = Field(False, description="listen on a non-loopback --host without API keys: anyone who can "
+                             "reach the port may use the models")
     max_best_of: int = Field(32, ge=1, description="largest best_of a request may ask for")
     max_n: int = Field(8, ge=1, description="largest n (choices returned) a request may ask for")
     max_tokens: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
@@ -106,6 +113,9 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(8, ge=1, description="requests sampled or scored at once")
     max_queue: int = Field(64, ge=0, description="requests waiting for a slot; more are answered 429")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 429")
+    limit_concurrency: int | None = Field(None, ge=1, description="open connections uvicorn keeps before it answers "
+                                          "503 to new requests; unset: max_in_flight + max_queue + 64")
+    timeout_keep_alive_s: int = Field(5, ge=1, description="seconds an idle keep-alive connection stays open")
     rm_max_batch: int = Field(64, ge=1, description="most candidates in one reward-model forward pass")
     rm_max_wait_ms: float = Field(5.0, ge=0, description="longest wait for more candidates to fill an RM batch")
     log_level: str = Field("info", description="uvicorn and server log level")
@@ -129,6 +139,10 @@ class Settings(BaseSettings):
             raise ValueError("the hf guard needs a checkpoint (--guard-path)")
         if self.guard == "remote" and not self.guard_url:
             raise ValueError("the remote guard needs a URL (--guard-url)")
+        if not is_loopback(self.host) and not self.api_keys and not self.allow_open:
+            raise ValueError(f"--host {self.host} opens the API to the network, and no API key is set: set one "
+                             "(--api-key KEY, or BON_API_KEYS='[\"KEY\"]'), or pass --allow-open (BON_ALLOW_OPEN=1) "
+                             "to serve it to anyone who can reach the port")
         return self
 
     def resolved_policies(self) -> dict[str, PolicyConfig]:
@@ -151,7 +165,7 @@ class Settings(BaseSettings):
         if backend == "openai":
             return {"balance": self.openai_balance, "timeout_s": self.upstream_timeout_s,
                     "retries": self.upstream_retries, "api_key": self.upstream_api_key,
-                    "tokenizer": self.openai_tokenizer}
+                    "max_bytes": self.upstream_max_bytes, "tokenizer": self.openai_tokenizer}
         options: dict[str, Any] = {"allow_unverified": self.allow_unverified, "device": self.device}
         if backend == "vllm":
             options["engine_args"] = self.vllm_engine_args
@@ -184,7 +198,7 @@ class Settings(BaseSettings):
     def _remote_reward_spec(self, url: str | None, model: str | None) -> RewardSpec:
         return RewardSpec(backend="remote", url=url, remote_model=model,
                           options={"timeout_s": self.upstream_timeout_s, "retries": self.upstream_retries,
-                                   "api_key": self.upstream_api_key})
+                                   "api_key": self.upstream_api_key, "max_bytes": self.upstream_max_bytes})
 
     def _hf_reward_spec(self, path: Path | None) -> RewardSpec:
         return RewardSpec(backend="hf", path=path,
@@ -199,6 +213,16 @@ class Settings(BaseSettings):
         if self.guard == "hf" and self.guard_path is not None and not self.guard_path.is_dir():
             missing.append(f"guard: {self.guard_path}")
         return missing
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` serves this machine only (`localhost`, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "" (every interface)
+        return False
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

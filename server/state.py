@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Literal
 
-from models.interface import GenerationParams, PolicyBackend, RewardBackend, Score, ScoreItem
+from models.interface import GenerationParams, PolicyBackend, RewardBackend, Score, ScoreItem, require_finite
 from models.loader import load_policy, load_reward
 from server.admission import Admission
 from server.batcher import MicroBatcher
@@ -26,6 +27,8 @@ from server.metrics import Metrics
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+NotReady = Literal["loading", "loading_failed", "warmup_failed"]
 
 WARMUP_MESSAGES = ({"role": "user", "content": "Hello! Can you suggest something fun to do today?"},)
 
@@ -133,7 +136,7 @@ class Leases:
     async def retire(self, backend: object, close: Callable[[], Awaitable[None]]) -> None:
         """Close `backend` now if no request uses it, else after the last one that does."""
         if self._counts[id(backend)] == 0:
-            await close()
+            await self._close(close)
             return
         self._retired[id(backend)] = close
         self._metrics.draining.set(len(self._retired))
@@ -166,8 +169,11 @@ class ServerState:
         self.admission = Admission(settings.max_in_flight, settings.max_queue, settings.retry_after_s, self.metrics)
         self.served: Served | None = None
         """None until loaded and warmed up; then replaced as a whole, never mutated."""
+        self.reason: NotReady = "loading"
+        """Why the server is not ready yet, as a code any client may see."""
         self.error: str | None = None
-        """Why the server is not ready yet, when something failed."""
+        """The failure behind `reason`, when something failed: for the log and the admin, as it may name paths
+        and URLs."""
         self.guard: RewardBackend | None = None
         """The held-out reward scoring each chosen answer (`--guard`); loaded at start, never swapped."""
 
@@ -179,9 +185,13 @@ class ServerState:
         def on_batch(size: int, seconds: float) -> None:
             self.metrics.observe_batch(size, seconds, reward.version)
 
+        # Admitted requests have one job each of at most max_best_of items waiting, and an admin swap's warm-up
+        # one more: the bound is never reached through admission, it caps what gets past it.
+        settings = self.settings
         scorer: MicroBatcher[ScoreItem, Score] = MicroBatcher(
-            reward.score_batch, max_batch=self.settings.rm_max_batch,
-            max_wait_s=self.settings.rm_max_wait_ms / 1000, on_batch=on_batch)
+            reward.score_batch, max_batch=settings.rm_max_batch, max_wait_s=settings.rm_max_wait_ms / 1000,
+            max_pending=(settings.max_in_flight + 1) * settings.max_best_of, on_batch=on_batch,
+            check=require_finite)
         scorer.start()
         return scorer
 
@@ -196,7 +206,7 @@ class ServerState:
             policies, reward = await asyncio.to_thread(load_models, self.settings)
             self.guard = await asyncio.to_thread(load_guard, self.settings)
         except Exception as exc:
-            self.error = f"loading failed: {type(exc).__name__}: {exc}"
+            self.reason, self.error = "loading_failed", f"loading failed: {type(exc).__name__}: {exc}"
             log.exception("loading the models failed; the server stays unready")
             return
         candidate = Served(MappingProxyType(policies), reward, self.make_scorer(reward))
@@ -205,7 +215,7 @@ class ServerState:
                 await warm_up(candidate)
                 break
             except Exception as exc:
-                self.error = f"warm-up failed: {type(exc).__name__}: {exc}"
+                self.reason, self.error = "warmup_failed", f"warm-up failed: {type(exc).__name__}: {exc}"
                 log.warning("%s; retrying in %.0fs", self.error, warmup_retry_s)
                 await asyncio.sleep(warmup_retry_s)
         self.switch(candidate)

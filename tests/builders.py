@@ -208,6 +208,25 @@ def _drop_chat_template(tmp: Path) -> None:
     (tmp / "tokenizer_config.json").write_text(json.dumps(config))
 
 
+POISON = "~"
+"""What the poisoned RM cannot score: its token's embedding is NaN, so any item holding it scores NaN (as a real
+RM can overflow in half precision) while every other item scores as in the tiny RM."""
+
+
+def poisoned_copy(checkpoints: Path, root: Path) -> Path:
+    """The tiny policy beside an RM that scores NaN exactly for the items holding `POISON`."""
+    shutil.copytree(checkpoints / "sft", root / "sft")
+
+    def poison(tmp: Path) -> None:
+        token = AutoTokenizer.from_pretrained(str(tmp)).convert_tokens_to_ids(POISON)
+        tensors = load_file(str(tmp / WEIGHTS))
+        tensors["model.embed_tokens.weight"][token] = float("nan")
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+
+    derive(checkpoints / "rm", root / "rm", "rm", poison)
+    return root
+
+
 BAD_POLICIES = {
     "bad/missing-file": "missing file model.safetensors",
     "bad/flipped-byte": "sha256 mismatch",
@@ -276,6 +295,8 @@ MAIN_ARGS = ("--default-best-of", "4", "--max-in-flight", "64", "--max-queue", "
              "--rm-max-wait-ms", "50", "--default-max-tokens", "16", "--max-best-of", "32")
 """The shared server: generous admission, an RM batch window wide enough to merge concurrent requests."""
 API_KEY = "sk-test-key"
+BROKEN_ADMIN_KEY = "admin-test-key"
+"""The broken server's admin key: with it, `/ready` says what failed."""
 STRICT_ARGS = ("--api-key", API_KEY, "--max-in-flight", "1", "--max-queue", "1", "--max-prompt-tokens", "32",
                "--max-body-bytes", "4096", "--retry-after-s", "2")
 """API keys, one request in flight, a queue of one, short prompts and small bodies."""

@@ -15,12 +15,14 @@ from common.servers import Server, free_port
 from tests.builders import (
     API_KEY,
     BON_SERVE,
+    BROKEN_ADMIN_KEY,
     MAIN_ARGS,
     STRICT_ARGS,
     build_swap_root,
     build_tiny_checkpoints,
     front_args,
     launch_server,
+    poisoned_copy,
     tampered_copy,
     tiny_rm_config,
     tiny_sft_config,
@@ -104,14 +106,17 @@ def unused_url() -> str:
 def servers(tiny_checkpoints: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory,
             unused_url: str) -> Iterator[dict[str, Server]]:
     """Every server the server tests use, started together (process start-up dominates): main; strict,
-    configured by a file; broken, which never gets ready; front, which serves through main."""
+    configured by a file; broken, which never gets ready; front, which serves through main; poisoned, whose RM
+    scores NaN for some items."""
     broken_root = tampered_copy(tiny_checkpoints, tmp_path_factory.mktemp("tampered"))
+    poisoned_root = poisoned_copy(tiny_checkpoints, tmp_path_factory.mktemp("poisoned"))
     main = launch_server(tiny_checkpoints, log_dir, *MAIN_ARGS)
     config = two_policy_config(tiny_checkpoints, tmp_path_factory.mktemp("config"))
     launched = {"main": main, "strict": launch_server(Path("/nonexistent"), log_dir, *STRICT_ARGS, "--config",
                                                       str(config)),
-                "broken": launch_server(broken_root, log_dir, command=BON_SERVE),
-                "front": launch_server(tiny_checkpoints, log_dir, *front_args(main, unused_url))}
+                "broken": launch_server(broken_root, log_dir, "--admin-key", BROKEN_ADMIN_KEY, command=BON_SERVE),
+                "front": launch_server(tiny_checkpoints, log_dir, *front_args(main, unused_url)),
+                "poisoned": launch_server(poisoned_root, log_dir, *MAIN_ARGS)}
     try:
         yield launched
     finally:
@@ -139,6 +144,12 @@ def strict(servers: dict[str, Server]) -> Server:
 def front(servers: dict[str, Server]) -> Server:
     servers["main"].wait()
     return servers["front"].wait()
+
+
+@pytest.fixture(scope="session")
+def poisoned(servers: dict[str, Server]) -> Server:
+    """The main server's settings, with an RM that scores NaN for any item holding `POISON`."""
+    return servers["poisoned"].wait()
 
 
 @pytest.fixture(scope="session")

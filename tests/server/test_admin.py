@@ -7,6 +7,7 @@ live policy (and the reward model) while a client keeps asking it, and every one
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ from common.servers import Server
 from models.checkpoint import read_manifest
 from server.app import create_app
 from server.settings import Settings
-from tests.builders import BAD_POLICIES, BAD_REWARDS, LOAD_FAILS, REPO, launch_server
+from tests.builders import BAD_POLICIES, BAD_REWARDS, LOAD_FAILS, REPO, WEIGHTS, derive, launch_server, perturb
 
 KEY = "admin-test-key"
 BODY_LIMIT = 4096
@@ -323,3 +324,42 @@ def test_with_the_admin_api_on_vllm_engines_leave_room_for_a_swap():
     two = {"a": {"path": "/a"}, "b": {"path": "/b"}}
     assert Settings(policy_backend="vllm", policies=two, admin_key=KEY).policy_options("vllm")["engines"] == 3
     assert "engines" not in Settings(policy_backend="vllm", policies=two).policy_options("vllm")
+
+
+def test_a_checkpoint_rewritten_between_its_checks_and_its_load_is_refused(tiny_checkpoints, tmp_path, monkeypatch):
+    """The registry's checks (tokenizer fit, architecture, no remote code) ran on the checkpoint as it was; a
+    trainer that rewrites it before the load would get unchecked weights served: the load is refused."""
+    import server.admin
+
+    for name in ("sft", "rm"):
+        shutil.copytree(tiny_checkpoints / name, tmp_path / name)
+    derive(tmp_path / "sft", tmp_path / "dpo", "dpo", lambda tmp: perturb(tmp / WEIGHTS, 1))
+    derive(tmp_path / "sft", tmp_path / "newer", "dpo", lambda tmp: perturb(tmp / WEIGHTS, 2))
+    checked = version(tmp_path, "dpo")
+    real_load = server.admin.load_policy
+
+    def trainer_writes_before_the_load(spec):
+        shutil.rmtree(tmp_path / "dpo")
+        shutil.copytree(tmp_path / "newer", tmp_path / "dpo")
+        monkeypatch.setattr(server.admin, "load_policy", real_load)
+        return real_load(spec)
+
+    monkeypatch.setattr(server.admin, "load_policy", trainer_writes_before_the_load)
+
+    async def scenario() -> None:
+        app = create_app(Settings(checkpoints=tmp_path, admin_key=KEY, default_best_of=2, default_max_tokens=6))
+        state = app.state.bon
+        await state.start()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bon",
+                                         timeout=60) as client:
+                refused = await client.post("/admin/policies/live", headers=ADMIN, json={"checkpoint": "dpo"})
+                assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_checkpoint"
+                assert f"{checked} was checked, {version(tmp_path, 'newer')} was loaded" in refused.text
+                assert "live" not in state.served.policies
+                swap = await client.post("/admin/policies/live", headers=ADMIN, json={"checkpoint": "dpo"})
+                assert swap.json()["version"] == version(tmp_path, "newer")  # checked and loaded alike this time
+        finally:
+            await state.stop()
+
+    asyncio.run(scenario())

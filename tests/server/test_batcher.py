@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from server.batcher import MicroBatcher
+from models.interface import BackendError, Score, require_finite
+from server.batcher import BatcherFull, MicroBatcher
 
 
 class Recorder:
@@ -35,7 +36,7 @@ async def in_forward_pass(recorder: Recorder) -> None:
 
 async def _with_batcher(recorder: Recorder, body, **kwargs):
     sizes: list[int] = []
-    batcher = MicroBatcher(recorder, on_batch=lambda size, _: sizes.append(size), **kwargs)
+    batcher = MicroBatcher(recorder, on_batch=lambda size, _: sizes.append(size), **{"max_pending": 1000, **kwargs})
     batcher.start()
     try:
         return await body(batcher), sizes
@@ -104,16 +105,58 @@ def test_jobs_arriving_during_a_forward_pass_form_the_next_batch():
     assert sizes == [1, 4]
 
 
-def test_a_failing_batch_fails_its_jobs_and_the_worker_carries_on():
+def test_a_failing_item_fails_only_its_own_job_and_the_worker_carries_on():
     recorder = Recorder(fail_on="bad")
 
     async def body(batcher):
-        results = await asyncio.gather(batcher.score(["bad"]), batcher.score(["ok"]), return_exceptions=True)
+        results = await asyncio.gather(batcher.score(["ok"]), batcher.score(["bad"]), batcher.score(["also"]),
+                                       return_exceptions=True)
         return results, await batcher.score(["fine"])
 
-    (results, after), _ = asyncio.run(_with_batcher(recorder, body, max_batch=64, max_wait_s=0.05))
-    assert all(isinstance(r, RuntimeError) for r in results)
+    (results, after), sizes = asyncio.run(_with_batcher(recorder, body, max_batch=64, max_wait_s=0.05))
+    assert results[0] == [2.0] and isinstance(results[1], RuntimeError) and results[2] == [4.0]
     assert after == [4.0]
+    # The three jobs failed together once, then each was scored alone.
+    assert recorder.batches == [["ok", "bad", "also"], ["ok"], ["bad"], ["also"], ["fine"]]
+    assert sizes == [1, 1, 1]
+
+
+def test_a_non_finite_score_fails_only_its_own_job():
+    """The reward model's own number for each item (`float` of the text): NaN and ±inf are refused per job, in the
+    forward pass that produced them, and the other jobs of that pass get their scores."""
+    def score(items: list[str]) -> list[Score]:
+        return [Score(float(x), 0) for x in items]
+
+    async def body():
+        batcher = MicroBatcher(score, max_batch=64, max_wait_s=0.05, max_pending=64, check=require_finite)
+        batcher.start()
+        try:
+            return await asyncio.gather(batcher.score(["1.5", "-2"]), batcher.score(["0.5", "nan"]),
+                                        batcher.score(["inf"]), batcher.score(["3"]), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    fine, with_nan, infinite, alone = asyncio.run(body())
+    assert [s.value for s in fine] == [1.5, -2.0] and [s.value for s in alone] == [3.0]
+    assert isinstance(with_nan, BackendError) and "nan" in str(with_nan)
+    assert isinstance(infinite, BackendError) and "inf" in str(infinite)
+
+
+def test_a_full_queue_refuses_new_jobs_at_once():
+    recorder = Recorder(delay_s=0.2)
+
+    async def body(batcher):
+        busy = asyncio.create_task(batcher.score(["busy"]))
+        await in_forward_pass(recorder)  # items being scored no longer wait
+        # Queued in this order: 2 items wait, 2 more would make 4 of at most 3, 1 more makes 3.
+        queued = await asyncio.gather(batcher.score(["a", "b"]), batcher.score(["c", "d"]), batcher.score(["e"]),
+                                      return_exceptions=True)
+        return await busy, queued
+
+    (busy, (first, refused, last)), _ = asyncio.run(_with_batcher(recorder, body, max_batch=64, max_wait_s=0.0,
+                                                                  max_pending=3))
+    assert busy == [4.0] and first == [1.0, 1.0] and last == [1.0]
+    assert isinstance(refused, BatcherFull) and "2 items are waiting" in str(refused)
 
 
 def test_cancelled_jobs_are_dropped_before_scoring():
@@ -135,7 +178,7 @@ def test_cancelled_jobs_are_dropped_before_scoring():
 
 def test_score_needs_a_running_batcher():
     async def body():
-        batcher = MicroBatcher(Recorder(), max_batch=4, max_wait_s=0.0)
+        batcher = MicroBatcher(Recorder(), max_batch=4, max_wait_s=0.0, max_pending=4)
         with pytest.raises(RuntimeError):
             await batcher.score(["x"])
 

@@ -36,3 +36,47 @@ def test_serve_raises_a_config_error_that_only_the_entry_points_turn_into_an_exi
         serve(parser.parse_args(["--policy-backend", "openai"]))
     with pytest.raises(SystemExit, match=r"(?s)^python -m server: invalid settings: .*base URLs"):
         main(["--policy-backend", "openai"])
+
+
+def _serve_until_uvicorn(tiny_checkpoints, monkeypatch, flags: list[str]) -> dict:
+    """`serve` with these flags up to the point where it hands the app to uvicorn: uvicorn's options."""
+    import uvicorn
+
+    launched: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: launched.update(options))
+    monkeypatch.setenv("BON_CHECKPOINTS", str(tiny_checkpoints))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    serve(parser.parse_args(flags))
+    return launched
+
+
+def test_uvicorn_bounds_open_connections_and_idle_keep_alive(tiny_checkpoints, monkeypatch):
+    launched = _serve_until_uvicorn(tiny_checkpoints, monkeypatch, ["--max-in-flight", "2", "--max-queue", "3"])
+    assert (launched["limit_concurrency"], launched["timeout_keep_alive"]) == (2 + 3 + 64, 5)
+    launched = _serve_until_uvicorn(tiny_checkpoints, monkeypatch, ["--limit-concurrency", "10",
+                                                                    "--timeout-keep-alive-s", "2"])
+    assert (launched["limit_concurrency"], launched["timeout_keep_alive"]) == (10, 2)
+
+
+def test_invalid_settings_are_reported_without_the_keys():
+    secrets = {"--admin-key": "admin-s3cret", "--api-key": "sk-s3cret", "--upstream-api-key": "upstream-s3cret"}
+    with pytest.raises(SystemExit) as exited:
+        main([*(part for flag, secret in secrets.items() for part in (flag, secret)), "--policy-backend", "openai"])
+    message = str(exited.value)
+    assert "base URLs" in message and not any(secret in message for secret in secrets.values())
+
+
+def test_a_public_address_without_an_api_key_exits_before_listening(tmp_path):
+    env = {**os.environ, "BON_CHECKPOINTS": str(tmp_path / "empty")}
+    done = subprocess.run([sys.executable, "-m", "server", "--host", "0.0.0.0"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "--host 0.0.0.0" in done.stderr and "--api-key" in done.stderr and "--allow-open" in done.stderr
+
+
+def test_a_public_address_starts_with_an_api_key_or_allow_open(tiny_checkpoints, monkeypatch):
+    for flags in (["--api-key", "sk-k"], ["--allow-open"]):
+        assert _serve_until_uvicorn(tiny_checkpoints, monkeypatch, ["--host", "0.0.0.0", *flags])["host"] == "0.0.0.0"
+    monkeypatch.setenv("BON_ALLOW_OPEN", "1")
+    assert _serve_until_uvicorn(tiny_checkpoints, monkeypatch, ["--host", "0.0.0.0"])["host"] == "0.0.0.0"

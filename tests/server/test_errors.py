@@ -1,13 +1,15 @@
 """Every refusal in OpenAI's envelope with the right status: 400, 401, 404, 413, 429, 503; never 422 or 500."""
 
 import asyncio
+import math
+import time
 
 import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.builders import wait_until, wait_until_async
+from tests.builders import BROKEN_ADMIN_KEY, POISON, wait_until, wait_until_async
 
 PROMPT = [{"role": "user", "content": "What can I do with my teddy bear today?"}]
 CHAT = "/v1/chat/completions"
@@ -27,8 +29,19 @@ def rejections(server) -> dict[str, float]:
     return {s.labels["reason"]: s.value for s in family.samples if s.name == "bon_rejections_total"}
 
 
+def gauge(server, name: str) -> float:
+    """A metric's value summed over its labels (a counter by its name without `_total`)."""
+    text = httpx.get(server.url + "/metrics").text
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == name]
+    return sum(s.value for s in family.samples if s.name in (name, name + "_total"))
+
+
 def _chat(**fields) -> dict:
     return {"model": "sft", "messages": PROMPT, "max_tokens": 4, **fields}
+
+
+def _classify(answer: str) -> dict:
+    return {"messages": [*PROMPT, {"role": "assistant", "content": answer}], "use_activation": False}
 
 
 @pytest.mark.parametrize(("body", "param"), [
@@ -52,7 +65,8 @@ def _chat(**fields) -> dict:
     (_chat(messages=[{"role": "tool", "content": "x"}]), "messages.0.role"),
     (_chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), None),
     (_chat(stream_options={"include_usage": True}), "stream_options"),
-    (_chat(stop=["s"] * 17), "stop"),
+    (_chat(stop=["s"] * 5), "stop"),
+    (_chat(stop="s" * 65), "stop"),
     (_chat(seed="abc"), "seed"),
     (_chat(max_tokens=250), "messages"),  # prompt + max_tokens exceed the tiny model's 256 positions
 ])
@@ -147,10 +161,14 @@ def test_admission_full_is_429_with_retry_after(strict, api_key):
 
 def test_not_ready_is_503(broken):
     assert httpx.get(broken.url + "/health").status_code == 200
-    # Still loading is a 503 too; then the verification error says why it never gets ready.
-    wait_until(lambda: "sha256" in envelope(httpx.get(broken.url + "/ready"), 503)["message"], 60,
+    # Still loading is a 503 too; then a stable reason says why it never gets ready, and only the admin key
+    # also sees the failure behind it (the verification error, with the checkpoint's path).
+    wait_until(lambda: "(loading_failed)" in envelope(httpx.get(broken.url + "/ready"), 503)["message"], 60,
                "the reward model's verification to fail")
-    assert envelope(httpx.get(broken.url + "/ready"), 503)["code"] == "not_ready"
+    public = envelope(httpx.get(broken.url + "/ready"), 503)
+    assert public["code"] == "not_ready" and "sha256" not in public["message"] and "/" not in public["message"]
+    admin = envelope(httpx.get(broken.url + "/ready", headers={"Authorization": f"Bearer {BROKEN_ADMIN_KEY}"}), 503)
+    assert "(loading_failed)" in admin["message"] and "sha256" in admin["message"]
     response = httpx.post(broken.url + CHAT, json=_chat())
     assert envelope(response, 503)["type"] == "service_unavailable" and "retry-after" in response.headers
     envelope(httpx.get(broken.url + "/v1/models"), 503)
@@ -160,26 +178,123 @@ def test_a_queued_client_that_disconnects_leaves_the_queue(strict, api_key):
     auth = {"Authorization": f"Bearer {api_key}"}
     long = _chat(max_tokens=200, temperature=2.0, best_of=32)
 
-    def gauge(name: str) -> float:
-        text = httpx.get(strict.url + "/metrics").text
-        (family,) = [f for f in text_string_to_metric_families(text) if f.name == name]
-        return sum(s.value for s in family.samples if s.name in (name, name + "_total"))
-
     async def run():
         async with httpx.AsyncClient(base_url=strict.url, headers=auth, timeout=60) as c:
             holder = asyncio.create_task(c.post(CHAT, json=long))
-            await wait_until_async(lambda: gauge("bon_requests_in_flight") == 1, 30, "the holder to take the slot")
-            before = gauge("bon_requests_cancelled")
+            await wait_until_async(lambda: gauge(strict, "bon_requests_in_flight") == 1, 30,
+                                   "the holder to take the slot")
+            before = gauge(strict, "bon_requests_cancelled")
             with pytest.raises(httpx.ReadTimeout):
                 await c.post(CHAT, json=long, timeout=httpx.Timeout(60, read=0.1))
-            await wait_until_async(lambda: gauge("bon_requests_queued") == 0
-                                   and gauge("bon_requests_cancelled") == before + 1, 10,
+            await wait_until_async(lambda: gauge(strict, "bon_requests_queued") == 0
+                                   and gauge(strict, "bon_requests_cancelled") == before + 1, 10,
                                    "the queued client to leave the queue")
             return (await holder).status_code, before
 
     status, before = asyncio.run(run())
     assert status == 200
-    assert gauge("bon_requests_cancelled") == before + 1
+    assert gauge(strict, "bon_requests_cancelled") == before + 1
+
+
+def test_classify_is_admitted_and_cancelled_like_a_completion(strict, api_key):
+    """With the one slot taken, a `/classify` waits in the one-place queue (and leaves it when its client goes);
+    of a burst arriving together, those beyond the slot and the queue are refused with 429."""
+    auth = {"Authorization": f"Bearer {api_key}"}
+    holding = _chat(max_tokens=230, best_of=32, ignore_eos=True)  # 32 × 230 tokens: the slot is held a while
+    answer = _classify("You could read a short story together.")
+
+    async def run():
+        async with httpx.AsyncClient(base_url=strict.url, headers=auth, timeout=60) as c:
+            holder = asyncio.create_task(c.post(CHAT, json=holding))
+            await wait_until_async(lambda: gauge(strict, "bon_requests_in_flight") == 1, 30,
+                                   "the holder to take the slot")
+            before = gauge(strict, "bon_requests_cancelled")
+            with pytest.raises(httpx.ReadTimeout):
+                await c.post("/classify", json=answer, timeout=httpx.Timeout(60, read=0.1))
+            await wait_until_async(lambda: gauge(strict, "bon_requests_queued") == 0
+                                   and gauge(strict, "bon_requests_cancelled") == before + 1, 10,
+                                   "the queued /classify to leave the queue")
+            flood = await asyncio.gather(*(c.post("/classify", json=answer) for _ in range(6)))
+            await holder
+            return flood
+
+    flood = asyncio.run(run())
+    statuses = sorted(r.status_code for r in flood)
+    assert set(statuses) == {200, 429} and statuses.count(429) >= 4, statuses  # one slot, one place in the queue
+    refused = next(r for r in flood if r.status_code == 429)
+    assert envelope(refused, 429)["code"] == "queue_full" and refused.headers["retry-after"] == "2"
+
+
+def test_huge_prompts_are_refused_by_their_characters_and_health_keeps_answering(server):
+    """Tokenizing a MiB takes about a second: a prompt that cannot fit by its characters alone is refused
+    untokenized, and the prompts that are tokenized are tokenized off the event loop."""
+    huge = _chat(messages=[{"role": "user", "content": "What can I do today? " * 45_000}])  # under the 1 MiB body limit
+
+    async def run():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+            async def health() -> float:
+                started = time.perf_counter()
+                assert (await c.get("/health")).status_code == 200
+                return time.perf_counter() - started
+
+            idle = [await health() for _ in range(3)]
+            posts = asyncio.gather(*(c.post(CHAT, json=huge) for _ in range(6)))
+            loaded = [await health()]
+            while not posts.done():
+                loaded.append(await health())
+            return idle, loaded, await posts
+
+    idle, loaded, responses = asyncio.run(run())
+    for response in responses:
+        error = envelope(response, 400)
+        assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+        assert "has 945000 characters" in error["message"]  # counted, not tokenized
+    assert max(loaded) < 0.5, f"/health took {max(loaded):.2f} s beside 6 huge prompts ({max(idle):.3f} s idle)"
+
+
+def test_a_conversation_longer_than_the_rm_reads_is_400_and_its_batch_is_scored(server):
+    """Too long for the RM: refused (never scored truncated), alone; the calls scored in the same micro-batch
+    get their scores."""
+    too_long = "You could read a short story. " * 60  # 1800 characters, over 256 tokens
+
+    async def run():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+            return await asyncio.gather(*(c.post("/classify", json=_classify(a)) for a in (
+                "Sure!", "You could go for a walk.", too_long, "A nice idea is to have a picnic.", "No.")))
+
+    responses = asyncio.run(run())
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200, 200, 400, 200, 200], statuses
+    error = envelope(responses[2], 400)
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+    assert "reads at most 256" in error["message"]
+    assert all(math.isfinite(r.json()["data"][0]["probs"][0]) for r in responses if r.status_code == 200)
+    by_characters = envelope(httpx.post(server.url + "/classify", json=_classify("x" * 9000)), 400)
+    assert by_characters["code"] == "context_length_exceeded" and "characters" in by_characters["message"]
+
+
+def test_a_non_finite_reward_is_502_for_its_own_request_only(poisoned):
+    """The RM scores NaN for one of the calls scored together: that call is a 502, the others are answered."""
+    answers = [f"You could read {k} short stories." for k in range(6)]
+    answers[3] = f"You could read {POISON} short stories."
+
+    async def run():
+        async with httpx.AsyncClient(base_url=poisoned.url, timeout=60) as c:
+            return await asyncio.gather(*(c.post("/classify", json=_classify(a)) for a in answers))
+
+    def forward_passes() -> float:
+        text = httpx.get(poisoned.url + "/metrics").text
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "bon_rm_batch_size_count")
+
+    before = forward_passes()
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200, 200, 200, 502, 200, 200]
+    assert forward_passes() - before < len(answers), "the poisoned call was scored apart from the others"
+    error = envelope(responses[3], 502)
+    assert error["type"] == error["code"] == "upstream_error"
+    assert "non-finite reward (nan)" in poisoned.logs()  # what failed is for the operator
+    assert all(math.isfinite(r.json()["data"][0]["probs"][0]) for r in responses if r.status_code == 200)
 
 
 def test_a_config_file_names_the_policies_and_their_best_of(strict, api_key):

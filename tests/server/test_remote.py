@@ -1,13 +1,26 @@
-"""Remote backends against real servers: a bon server whose policy and reward model are another bon server.
+"""Remote backends against real servers: a bon server whose policy and reward model are another bon server, and
+one whose remote servers misbehave on demand.
 
 The front server's policy backend is `openai` over two replicas, one of them dead (so every request also
-exercises failover), and its reward backend is `remote` on the main server's vLLM-compatible `/classify`.
+exercises failover), and its reward backend is `remote` on the main server's vLLM-compatible `/classify`. The
+wary server's are tests/server/bad_upstream.py, which drips, floods, garbles, throttles or refuses as told.
 """
+
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from common.servers import Server, free_port, start_server
+from tests.builders import launch_server
+from tests.server import bad_upstream
 
 PROMPT = [{"role": "user", "content": "Can you suggest an activity for the old cat?"}]
 
@@ -61,3 +74,117 @@ def test_the_remote_servers_refusal_is_the_clients_400(front):
     response = httpx.post(front.url + "/v1/chat/completions", timeout=60,
                           json={"model": "sft", "messages": PROMPT, "max_tokens": 250})
     assert response.status_code == 400 and "context" in response.json()["error"]["message"]
+
+
+# Remote servers that misbehave: tests/server/bad_upstream.py, each request's prompt saying how.
+
+CHAT = "/v1/chat/completions"
+DEADLINE_S = 3
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    server = start_server([sys.executable, bad_upstream.__file__, "--port", str(port)], f"http://127.0.0.1:{port}",
+                          tmp_path_factory.mktemp("bad-upstream") / "server.log")
+    try:
+        yield server.wait("/health", timeout_s=30)
+    finally:
+        server.stop(grace_s=0)  # no grace: a graceful shutdown would wait out the answers still dripping
+
+
+@pytest.fixture(scope="module")
+def wary(bad: Server, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A bon server in front of `bad`: policy `pair` on replicas a and b, `pool` on c and d, `lone` on e alone;
+    its RM is replica r. Each policy has a balancer, so a replica kept aside after a 429 is kept aside by its own."""
+    config = tmp_path_factory.mktemp("wary") / "serve.toml"
+    replicas = {"pair": "ab", "pool": "cd", "lone": "e"}
+    policies = "".join(f"[policies.{name}]\nbase_urls = {json.dumps([f'{bad.url}/{r}/v1' for r in names])}\n"
+                       for name, names in replicas.items())
+    reward = f'[reward]\nbackend = "remote"\nurl = "{bad.url}/r/classify"\n'
+    config.write_text(f'policy_backend = "openai"\n{policies}{reward}')
+    with launch_server(Path("/nonexistent"), log_dir, "--config", str(config), "--upstream-timeout-s",
+                       str(DEADLINE_S), "--upstream-max-bytes", "65536", "--default-best-of", "1") as server:
+        yield server.wait(timeout_s=60)
+
+
+def ask(server: Server, model: str, prompt: str, request_id: str = "wary-test") -> httpx.Response:
+    return httpx.post(server.url + CHAT, timeout=30, headers={"X-Request-Id": request_id},
+                      json={"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 4})
+
+
+def calls(bad: Server, prompt: str) -> list[tuple[str, float]]:
+    """The calls `bad` got with this prompt: (replica, time)."""
+    return [(replica, at) for replica, at in httpx.get(bad.url + "/calls", params={"prompt": prompt}).json()]
+
+
+def failed(response: httpx.Response, status: int, message: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] == message
+    return error
+
+
+@pytest.mark.parametrize(("prompt", "role"), [("drip a=drip b=drip", "policy"), ("drip r=drip", "reward")])
+def test_an_answer_that_drips_in_is_cut_at_the_deadline(bad, wary, prompt, role):
+    started = time.monotonic()
+    response = ask(wary, "pair", prompt)
+    assert time.monotonic() - started < DEADLINE_S + 5  # each byte comes well within the read timeout
+    failed(response, 502, f"the {role} backend failed (request id wary-test)")
+
+
+@pytest.mark.parametrize("answer", ["huge", "notjson", "shape"])
+def test_a_bad_answer_fails_over_to_the_next_replica(bad, wary, answer):
+    # Two requests in a row: at least one of them asks replica a first, whatever the round robin's turn.
+    prompt = f"failover a={answer} b=ok"
+    for _ in range(2):
+        response = ask(wary, "pair", prompt)
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"] == "answer from b"
+    assert [replica for replica, _ in calls(bad, prompt) if replica == "a"]
+
+
+@pytest.mark.parametrize("answer", ["huge", "notjson", "shape"])
+def test_a_bad_reward_answer_is_a_502(bad, wary, answer):
+    failed(ask(wary, "pair", f"reward r={answer}"), 502, "the reward backend failed (request id wary-test)")
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 500])
+def test_a_failing_upstream_is_a_502_that_shows_the_client_no_internals(bad, wary, status):
+    """401/403/404 are a misconfiguration here, not the client's fault; what the upstream said and where it is
+    stay in the log."""
+    response = ask(wary, "pair", f"fails a={status} b={status}", request_id=f"fails-{status}")
+    error = failed(response, 502, f"the policy backend failed (request id fails-{status})")
+    assert error["code"] == "upstream_error"
+    assert bad_upstream.SECRET not in response.text and bad.url not in response.text
+    logged = [line for line in wary.logs().splitlines() if f"request fails-{status}:" in line]
+    assert logged and bad_upstream.SECRET in logged[0] and f"{bad.url}/a/v1" in logged[0]
+
+
+def test_a_busy_replica_is_left_alone_until_its_retry_after(bad, wary):
+    prompt = "busy c=429:30 d=ok"
+    for _ in range(4):
+        response = ask(wary, "pool", prompt)
+        assert response.json()["choices"][0]["message"]["content"] == "answer from d"
+    assert [replica for replica, _ in calls(bad, prompt)].count("c") == 1
+
+
+def test_a_lone_busy_server_is_waited_for_within_the_deadline(bad, wary):
+    prompt = "busy once r=429once:1"
+    assert ask(wary, "pair", prompt).status_code == 200
+    first, second = [at for replica, at in calls(bad, prompt) if replica == "r"]
+    assert 1.0 <= second - first < DEADLINE_S
+
+
+def test_a_server_busy_past_the_deadline_is_a_503_with_its_retry_after(bad, wary):
+    prompt = "busy long e=429:60"
+    response = ask(wary, "lone", prompt)
+    error = failed(response, 503, "the policy server is busy; retry later (request id wary-test)")
+    assert error["code"] == "upstream_busy" and response.headers["retry-after"] == "60"
+    assert len(calls(bad, prompt)) == 1  # not asked again before its Retry-After
+
+
+def test_the_reward_version_stands_for_the_url_without_showing_it(bad, wary):
+    ready = httpx.get(wary.url + "/ready")
+    assert re.fullmatch(r"remote-[0-9a-f]{10}", ready.json()["reward_model"]) and bad.url not in ready.text
+    assert f"{bad.url}/r/classify" in wary.logs()

@@ -79,3 +79,13 @@ def test_cli_policies_api_keys_and_openai_replicas():
 def test_inconsistent_settings_are_refused(overrides):
     with pytest.raises(ValidationError):
         Settings(**overrides)
+
+
+def test_only_loopback_listens_without_an_api_key_or_allow_open():
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):
+        assert load_settings(host=host).host == host
+    for host in ("0.0.0.0", "::", "10.1.2.3", "bon.example", ""):
+        with pytest.raises(ValidationError, match="--allow-open"):
+            load_settings(host=host)
+        assert load_settings(host=host, api_keys=["sk-k"]).host == host
+        assert load_settings(host=host, allow_open=True).host == host
