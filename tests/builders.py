@@ -19,7 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -281,6 +282,20 @@ BON_SERVE = (sys.executable, "-m", "bon.cli", "serve")
 VLLM_SERVE = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
 """vLLM's own OpenAI server, as `vllm serve` starts it (the CPU build's `vllm` console script is broken)."""
 
+
+
+@contextmanager
+def script_server(script: str, probe: str, log: Path) -> Iterator[Server]:
+    """A test's own small HTTP server (a script that takes `--port`) on a free port while the block runs.
+
+    Stopped without grace: a graceful shutdown would wait out the slow or dripping answers it is built to give.
+    """
+    port = free_port()
+    server = start_server([sys.executable, script, "--port", str(port)], f"http://127.0.0.1:{port}", log)
+    try:
+        yield server.wait(probe, timeout_s=30)
+    finally:
+        server.stop(grace_s=0)
 
 def launch_server(checkpoints: Path, log_dir: Path, *args: str, command: tuple[str, ...] = SERVE) -> Server:
     """`python -m server` (or `bon serve`) on a free port, as a user starts it (call `wait` before using it)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,20 +17,16 @@ import httpx
 import pytest
 
 from bon.cli import main
-from common.servers import free_port, start_server
+from common.servers import free_port
 from loadtest import add_arguments, run_cli
+from tests.builders import script_server
 from tests.loadtest import fake_server as fake
 
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    server = start_server([sys.executable, fake.__file__, "--port", str(port)], f"http://127.0.0.1:{port}",
-                          tmp_path_factory.mktemp("fake-server") / "server.log")
-    try:
-        yield server.wait("/v1/models", timeout_s=30).url
-    finally:
-        server.stop(grace_s=0)  # no grace: a graceful shutdown would wait out the "slow" requests still sleeping
+    with script_server(fake.__file__, "/v1/models", tmp_path_factory.mktemp("fake-server") / "server.log") as server:
+        yield server.url
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -22,6 +24,7 @@ from common.servers import Server
 from models.checkpoint import read_manifest
 from server.app import create_app
 from server.settings import Settings
+from server.state import ServerState
 from tests.builders import BAD_POLICIES, BAD_REWARDS, LOAD_FAILS, REPO, WEIGHTS, derive, launch_server, perturb
 
 KEY = "admin-test-key"
@@ -282,6 +285,20 @@ def test_bon_checkpoints_drives_a_running_server(admin_server, swap_root):
     assert admin(admin_server, "POST", "/admin/policies/live/rollback").status_code == 200
 
 
+@asynccontextmanager
+async def _app_in_this_process(checkpoints: Path) -> AsyncIterator[tuple[ServerState, httpx.AsyncClient]]:
+    """The admin-enabled app in this process (so a test can patch its loader), started, and a client on it."""
+    app = create_app(Settings(checkpoints=checkpoints, admin_key=KEY, default_best_of=2, default_max_tokens=6))
+    state = app.state.bon
+    await state.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bon",
+                                     timeout=60) as client:
+            yield state, client
+    finally:
+        await state.stop()
+
+
 def test_a_second_change_while_one_runs_is_refused_and_serving_goes_on(swap_root, monkeypatch):
     import server.admin
 
@@ -296,12 +313,8 @@ def test_a_second_change_while_one_runs_is_refused_and_serving_goes_on(swap_root
     monkeypatch.setattr(server.admin, "load_policy", held_load)
 
     async def scenario() -> None:
-        app = create_app(Settings(checkpoints=swap_root, admin_key=KEY, default_best_of=2, default_max_tokens=6))
-        state = app.state.bon
-        await state.start()
-        try:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bon",
-                                         timeout=60) as client:
+        async with _app_in_this_process(swap_root) as (_, client):
+            try:
                 first = asyncio.create_task(client.post("/admin/policies/dpo", headers=ADMIN,
                                                         json={"checkpoint": "dpo"}))
                 assert await asyncio.to_thread(loading.wait, 30), "the first load never started"
@@ -313,9 +326,8 @@ def test_a_second_change_while_one_runs_is_refused_and_serving_goes_on(swap_root
                 assert served.status_code == 200 and not first.done()  # requests go on during the load
                 release.set()
                 assert (await first).json()["version"] == version(swap_root, "dpo")
-        finally:
-            release.set()
-            await state.stop()
+            finally:
+                release.set()
 
     asyncio.run(scenario())
 
@@ -347,19 +359,12 @@ def test_a_checkpoint_rewritten_between_its_checks_and_its_load_is_refused(tiny_
     monkeypatch.setattr(server.admin, "load_policy", trainer_writes_before_the_load)
 
     async def scenario() -> None:
-        app = create_app(Settings(checkpoints=tmp_path, admin_key=KEY, default_best_of=2, default_max_tokens=6))
-        state = app.state.bon
-        await state.start()
-        try:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bon",
-                                         timeout=60) as client:
-                refused = await client.post("/admin/policies/live", headers=ADMIN, json={"checkpoint": "dpo"})
-                assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_checkpoint"
-                assert f"{checked} was checked, {version(tmp_path, 'newer')} was loaded" in refused.text
-                assert "live" not in state.served.policies
-                swap = await client.post("/admin/policies/live", headers=ADMIN, json={"checkpoint": "dpo"})
-                assert swap.json()["version"] == version(tmp_path, "newer")  # checked and loaded alike this time
-        finally:
-            await state.stop()
+        async with _app_in_this_process(tmp_path) as (state, client):
+            refused = await client.post("/admin/policies/live", headers=ADMIN, json={"checkpoint": "dpo"})
+            assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_checkpoint"
+            assert f"{checked} was checked, {version(tmp_path, 'newer')} was loaded" in refused.text
+            assert "live" not in state.served.policies
+            swap = await client.post("/admin/policies/live", headers=ADMIN, json={"checkpoint": "dpo"})
+            assert swap.json()["version"] == version(tmp_path, "newer")  # checked and loaded alike this time
 
     asyncio.run(scenario())

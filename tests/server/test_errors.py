@@ -9,6 +9,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.servers import Server
 from tests.builders import BROKEN_ADMIN_KEY, POISON, wait_until, wait_until_async
 
 PROMPT = [{"role": "user", "content": "What can I do with my teddy bear today?"}]
@@ -174,21 +175,28 @@ def test_not_ready_is_503(broken):
     envelope(httpx.get(broken.url + "/v1/models"), 503)
 
 
+async def _queue_behind_a_holder_then_leave(c: httpx.AsyncClient, strict: Server, holding: dict, path: str,
+                                            body: dict) -> tuple[asyncio.Task[httpx.Response], float]:
+    """Take the strict server's one slot with `holding`, then queue `body` at `path` and go away: returns the
+    holder's task and the cancelled count from before, once the queued request has left the queue."""
+    holder = asyncio.create_task(c.post(CHAT, json=holding))
+    await wait_until_async(lambda: gauge(strict, "bon_requests_in_flight") == 1, 30, "the holder to take the slot")
+    before = gauge(strict, "bon_requests_cancelled")
+    with pytest.raises(httpx.ReadTimeout):
+        await c.post(path, json=body, timeout=httpx.Timeout(60, read=0.1))
+    await wait_until_async(lambda: gauge(strict, "bon_requests_queued") == 0
+                           and gauge(strict, "bon_requests_cancelled") == before + 1, 10,
+                           f"the queued {path} request to leave the queue")
+    return holder, before
+
+
 def test_a_queued_client_that_disconnects_leaves_the_queue(strict, api_key):
     auth = {"Authorization": f"Bearer {api_key}"}
     long = _chat(max_tokens=200, temperature=2.0, best_of=32)
 
     async def run():
         async with httpx.AsyncClient(base_url=strict.url, headers=auth, timeout=60) as c:
-            holder = asyncio.create_task(c.post(CHAT, json=long))
-            await wait_until_async(lambda: gauge(strict, "bon_requests_in_flight") == 1, 30,
-                                   "the holder to take the slot")
-            before = gauge(strict, "bon_requests_cancelled")
-            with pytest.raises(httpx.ReadTimeout):
-                await c.post(CHAT, json=long, timeout=httpx.Timeout(60, read=0.1))
-            await wait_until_async(lambda: gauge(strict, "bon_requests_queued") == 0
-                                   and gauge(strict, "bon_requests_cancelled") == before + 1, 10,
-                                   "the queued client to leave the queue")
+            holder, before = await _queue_behind_a_holder_then_leave(c, strict, long, CHAT, long)
             return (await holder).status_code, before
 
     status, before = asyncio.run(run())
@@ -205,15 +213,7 @@ def test_classify_is_admitted_and_cancelled_like_a_completion(strict, api_key):
 
     async def run():
         async with httpx.AsyncClient(base_url=strict.url, headers=auth, timeout=60) as c:
-            holder = asyncio.create_task(c.post(CHAT, json=holding))
-            await wait_until_async(lambda: gauge(strict, "bon_requests_in_flight") == 1, 30,
-                                   "the holder to take the slot")
-            before = gauge(strict, "bon_requests_cancelled")
-            with pytest.raises(httpx.ReadTimeout):
-                await c.post("/classify", json=answer, timeout=httpx.Timeout(60, read=0.1))
-            await wait_until_async(lambda: gauge(strict, "bon_requests_queued") == 0
-                                   and gauge(strict, "bon_requests_cancelled") == before + 1, 10,
-                                   "the queued /classify to leave the queue")
+            holder, _ = await _queue_behind_a_holder_then_leave(c, strict, holding, "/classify", answer)
             flood = await asyncio.gather(*(c.post("/classify", json=answer) for _ in range(6)))
             await holder
             return flood

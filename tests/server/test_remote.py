@@ -8,7 +8,6 @@ wary server's are tests/server/bad_upstream.py, which drips, floods, garbles, th
 
 import json
 import re
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.servers import Server, free_port, start_server
-from tests.builders import launch_server
+from common.servers import Server
+from tests.builders import launch_server, script_server
 from tests.server import bad_upstream
 
 PROMPT = [{"role": "user", "content": "Can you suggest an activity for the old cat?"}]
@@ -84,13 +83,8 @@ DEADLINE_S = 3
 
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    server = start_server([sys.executable, bad_upstream.__file__, "--port", str(port)], f"http://127.0.0.1:{port}",
-                          tmp_path_factory.mktemp("bad-upstream") / "server.log")
-    try:
-        yield server.wait("/health", timeout_s=30)
-    finally:
-        server.stop(grace_s=0)  # no grace: a graceful shutdown would wait out the answers still dripping
+    with script_server(bad_upstream.__file__, "/health", tmp_path_factory.mktemp("bad-upstream") / "server.log") as up:
+        yield up
 
 
 @pytest.fixture(scope="module")
