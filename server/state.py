@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,19 +78,17 @@ def load_guard(settings: Settings) -> RewardBackend | None:
 
 
 async def warm_up_policy(name: str, backend: PolicyBackend, scorer: MicroBatcher[ScoreItem, Score]) -> None:
-    """One real small generation, scored: raises if either fails."""
+    """One real small generation, scored: raises if either fails (the scorer refuses a non-finite reward)."""
     generation = await backend.generate(WARMUP_MESSAGES, 2, GenerationParams(max_tokens=4), 0, lambda: False)
-    scores = [s.value for s in await scorer.score([(WARMUP_MESSAGES, c.text) for c in generation.candidates])]
-    if len(scores) != 2 or not all(math.isfinite(s) for s in scores):
-        raise RuntimeError(f"warm-up of policy {name}: the reward model returned {scores}")
+    if len(generation.candidates) != 2:
+        raise RuntimeError(f"warm-up of policy {name}: asked for 2 answers, got {len(generation.candidates)}")
+    await scorer.score([(WARMUP_MESSAGES, c.text) for c in generation.candidates])
 
 
 async def warm_up_reward(scorer: MicroBatcher[ScoreItem, Score]) -> None:
-    """One real small scoring batch: raises unless it gives one finite score per answer."""
+    """One real small scoring batch: raises unless it gives one finite score per answer (the scorer's checks)."""
     answers = ("Sure! You could build a pillow fort together.", "No.")
-    scores = [s.value for s in await scorer.score([(WARMUP_MESSAGES, a) for a in answers])]
-    if len(scores) != len(answers) or not all(math.isfinite(s) for s in scores):
-        raise RuntimeError(f"warm-up of the reward model: it returned {scores}")
+    await scorer.score([(WARMUP_MESSAGES, a) for a in answers])
 
 
 async def warm_up(served: Served) -> None:
