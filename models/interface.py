@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +55,27 @@ class Candidate:
 @dataclass(frozen=True)
 class Generation:
     candidates: list[Candidate]
+    """The finished candidates, in the order they were started (without those early rejection cut)."""
     prompt_tokens: int
+    rejected_tokens: list[int] = field(default_factory=list)
+    """Tokens generated for each candidate that early rejection cut, before it stopped."""
+
+
+@dataclass(frozen=True)
+class EarlyRejection:
+    """Speculative rejection (Sun et al., NeurIPS 2024): score every candidate once each has `after_tokens` tokens
+    (or finished), finish only the best `keep`, stop the rest."""
+
+    after_tokens: int
+    keep: int
+    score: Callable[[list[str]], Awaitable[list[float]]]
+    """The reward model's scores of the partial answers (decoded text so far), in order."""
+
+
+def best_rows(scores: Sequence[float], keep: int) -> list[int]:
+    """The indices of the `keep` highest scores, in index order (ties go to the earlier index)."""
+    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return sorted(ranked[:keep])
 
 
 @dataclass(frozen=True)
@@ -72,9 +92,13 @@ class PolicyBackend(Protocol):
     context_length: int | None
     """Longest prompt plus completion the policy accepts, when known here."""
 
+    supports_early_rejection: bool
+    """Whether `generate` takes `rejection` (it needs a decode loop that can stop some candidates)."""
+
     async def generate(self, messages: Sequence[Message], n: int, params: GenerationParams, seed: int,
-                       cancelled: Callable[[], bool]) -> Generation:
-        """Sample `n` answers to `messages`; same seed, same answers. Raises `Cancelled` once `cancelled()`."""
+                       cancelled: Callable[[], bool], rejection: EarlyRejection | None = None) -> Generation:
+        """Sample `n` answers to `messages`; same seed, same answers. Raises `Cancelled` once `cancelled()`; with
+        `rejection`, finishes only the candidates it keeps."""
         ...
 
     def count_prompt_tokens(self, messages: Sequence[Message]) -> int | None:
@@ -108,6 +132,11 @@ class RewardBackend(Protocol):
 
 class Cancelled(Exception):
     """The caller asked to stop (e.g. its client disconnected)."""
+
+    def __init__(self, tokens: int = 0):
+        super().__init__("cancelled")
+        self.tokens = tokens
+        """Tokens generated for the request before it stopped (what the cancelled work cost)."""
 
 
 class BackendError(RuntimeError):

@@ -17,7 +17,16 @@ from pydantic import BaseModel, Field
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from models.chat import prompt_ids
-from models.interface import Cancelled, Candidate, Generation, GenerationParams, Message, PolicySpec
+from models.interface import (
+    Cancelled,
+    Candidate,
+    EarlyRejection,
+    Generation,
+    GenerationParams,
+    Message,
+    PolicySpec,
+    RemoteRequestError,
+)
 from models.upstream import MAX_ANSWER_BYTES, Balance, Upstream
 
 
@@ -59,6 +68,8 @@ class _Completion(BaseModel):
 
 
 class OpenAIPolicy:
+    supports_early_rejection = False
+
     def __init__(self, name: str, base_urls: Sequence[str], remote_model: str, *, balance: Balance = "round_robin",
                  timeout_s: float = 120.0, retries: int = 2, api_key: str | None = None,
                  tokenizer: PreTrainedTokenizerBase | None = None, context_length: int | None = None,
@@ -87,7 +98,9 @@ class OpenAIPolicy:
         return len(prompt_ids(self.tokenizer, messages)) if self.tokenizer is not None else None
 
     async def generate(self, messages: Sequence[Message], n: int, params: GenerationParams, seed: int,
-                       cancelled: Callable[[], bool]) -> Generation:
+                       cancelled: Callable[[], bool], rejection: EarlyRejection | None = None) -> Generation:
+        if rejection is not None:
+            raise RemoteRequestError("early rejection needs the hf or vllm policy backend", "policy")
         payload: dict[str, Any] = {"model": self.remote_model, "messages": list(messages), "n": n,
                                    "max_tokens": params.max_tokens, "temperature": params.temperature,
                                    "top_p": params.top_p, "seed": seed}

@@ -38,11 +38,13 @@ from models.interface import (
     BackendError,
     Cancelled,
     Candidate,
+    EarlyRejection,
     Generation,
     GenerationParams,
     Message,
     PolicySpec,
     RemoteRequestError,
+    best_rows,
     verified_copy,
 )
 
@@ -65,6 +67,8 @@ def _size_engine(engine_args: dict[str, Any], engines: int, on_cpu: bool) -> dic
 
 
 class VLLMPolicy:
+    supports_early_rejection = True
+
     def __init__(self, name: str, engine: Any, tokenizer: PreTrainedTokenizerBase, version: str,
                  context_length: int | None, checkpoint: ExitStack):
         self.name = name
@@ -113,40 +117,81 @@ class VLLMPolicy:
         return len(self._prompt_ids(messages))
 
     async def generate(self, messages: Sequence[Message], n: int, params: GenerationParams, seed: int,
-                       cancelled: Callable[[], bool]) -> Generation:
+                       cancelled: Callable[[], bool], rejection: EarlyRejection | None = None) -> Generation:
         from vllm.exceptions import VLLMValidationError
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         ids = self._prompt_ids(messages)
+        try:
+            if rejection is None:
+                outputs, rejected = await self._sample(ids, n, params, seed, cancelled), []
+            else:
+                outputs, rejected = await self._sample_rejecting(ids, n, params, seed, cancelled, rejection)
+        except VLLMValidationError as exc:
+            raise RemoteRequestError(str(exc), "policy") from exc
+        candidates = [Candidate(o.text.strip(), len(o.token_ids), "length" if o.finish_reason == "length" else "stop")
+                      for o in outputs]
+        return Generation(candidates, len(ids), rejected)
+
+    @staticmethod
+    def _params(params: GenerationParams, n: int, seed: int, streamed: bool) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
         # vLLM reads seed -1 as "no seed" (random), and seeds the i-th of n samples with seed + i, which must
         # still fit its 64-bit serialisation: fold every seed the API accepts into [0, 2**63).
-        sampling = SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
-                                  max_tokens=params.max_tokens, seed=seed % (1 << 63), stop=list(params.stop) or None,
-                                  ignore_eos=params.ignore_eos, output_kind=RequestOutputKind.FINAL_ONLY)
+        return SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
+                              seed=seed % (1 << 63), stop=list(params.stop) or None, ignore_eos=params.ignore_eos,
+                              output_kind=RequestOutputKind.CUMULATIVE if streamed else RequestOutputKind.FINAL_ONLY)
+
+    async def _sample(self, ids: list[int], n: int, params: GenerationParams, seed: int,
+                      cancelled: Callable[[], bool]) -> list[Any]:
+        """One request with n=N: the children share the prompt's KV blocks."""
 
         async def final_output() -> Any:
             last = None
-            async for output in self.engine.generate({"prompt_token_ids": ids}, sampling, uuid.uuid4().hex):
+            async for output in self.engine.generate({"prompt_token_ids": ids}, self._params(params, n, seed, False),
+                                                     uuid.uuid4().hex):
                 last = output
             return last
 
-        # Cancelling the task makes AsyncLLM.generate abort the request inside the engine.
-        task = asyncio.ensure_future(final_output())
+        (output,) = await _until(cancelled, [asyncio.ensure_future(final_output())], lambda: 0)
+        return sorted(output.outputs, key=lambda o: o.index)
+
+    async def _sample_rejecting(self, ids: list[int], n: int, params: GenerationParams, seed: int,
+                                cancelled: Callable[[], bool],
+                                rejection: EarlyRejection) -> tuple[list[Any], list[int]]:
+        """N requests of n=1 (seeded as n=N seeds its children; prefix caching shares the prompt's blocks) whose
+        partial outputs stream back; once each has `after_tokens` tokens or finished, the reward model scores the
+        partial answers while the engine decodes on, and the requests not kept are aborted in the engine."""
+        latest: list[Any] = [None] * n
+        due = asyncio.Event()
+
+        async def follow(i: int) -> Any:
+            async for output in self.engine.generate({"prompt_token_ids": ids},
+                                                     self._params(params, 1, seed + i, True), uuid.uuid4().hex):
+                latest[i] = output.outputs[0]
+                if all(o is not None and (o.finish_reason is not None or len(o.token_ids) >= rejection.after_tokens)
+                       for o in latest):
+                    due.set()
+            return latest[i]
+
+        def spent() -> int:
+            return sum(len(o.token_ids) for o in latest if o is not None)
+
+        tasks = [asyncio.ensure_future(follow(i)) for i in range(n)]
         try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=0.05)
-                if cancelled() and not task.done():
-                    raise Cancelled()
-            output = task.result()
-        except VLLMValidationError as exc:
-            raise RemoteRequestError(str(exc), "policy") from exc
+            await _until(cancelled, [asyncio.ensure_future(due.wait())], spent, tasks)
+            partial = [o.text.strip() for o in latest]
+            (scores,) = await _until(cancelled, [asyncio.ensure_future(rejection.score(partial))], spent, tasks)
+            kept = best_rows(scores, rejection.keep)
+            cut = [i for i in range(n) if i not in kept]
+            for i in cut:
+                tasks[i].cancel()  # AsyncLLM.generate aborts a cancelled request inside the engine
+            await asyncio.gather(*(tasks[i] for i in cut), return_exceptions=True)
+            outputs = await _until(cancelled, [tasks[i] for i in kept], spent)
+            return outputs, [len(latest[i].token_ids) for i in cut]
         finally:
-            if not task.done():
+            for task in tasks:
                 task.cancel()
-        outputs = sorted(output.outputs, key=lambda o: o.index)
-        candidates = [Candidate(o.text.strip(), len(o.token_ids), "length" if o.finish_reason == "length" else "stop")
-                      for o in outputs]
-        return Generation(candidates, len(ids))
 
     def requests_running(self) -> int:
         return self.engine.get_num_unfinished_requests() if self.engine is not None else 0
@@ -172,3 +217,21 @@ class VLLMPolicy:
         gc.collect()
         # Reap the engine's exited processes; one still dying now is reaped by the next call (the next close).
         multiprocessing.active_children()
+
+
+async def _until(cancelled: Callable[[], bool], work: list[asyncio.Future[Any]], spent: Callable[[], int],
+                 watched: Sequence[asyncio.Future[Any]] = ()) -> list[Any]:
+    """The results of `work`, polling `cancelled` meanwhile (`Cancelled`, with the tokens `spent` so far, and the
+    work cancelled, which aborts it in the engine); a failure of any `watched` future is raised at once."""
+    try:
+        while not all(w.done() for w in work):
+            await asyncio.wait({*work, *watched}, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+            for w in watched:
+                if w.done() and not w.cancelled() and w.exception() is not None:
+                    raise w.exception()  # type: ignore[misc]
+            if cancelled() and not all(w.done() for w in work):
+                raise Cancelled(tokens=spent())
+    finally:
+        for w in work:
+            w.cancel()
+    return [w.result() for w in work]

@@ -1,9 +1,11 @@
+from concurrent.futures import Future
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from models.interface import Cancelled
-from models.sampling import SamplingParams, sample
+from models.sampling import Decoder, Job, Rejection, SamplingParams, sample
 
 PAD, EOS = 0, 2
 
@@ -77,3 +79,122 @@ def test_cancellation_stops_between_steps(model):
     with pytest.raises(Cancelled):
         sample(model, [[1, 5]], 2, SamplingParams(max_new_tokens=50), stop_ids=set(), pad_id=PAD, cancelled=cancelled)
     assert len(calls) == 3
+
+
+def _run(decoder, jobs_at_step):
+    """Drive `decoder`, admitting each job at its step; returns when the batch is empty and all are admitted."""
+    step = 0
+    pending = sorted(jobs_at_step, key=lambda pair: pair[0])
+    while pending or decoder.rows:
+        while pending and pending[0][0] <= step:
+            decoder.admit([pending.pop(0)[1]])
+        if decoder.rows:
+            decoder.step()
+        step += 1
+
+
+def test_jobs_joining_a_running_batch_decode_as_if_alone(model):
+    greedy = SamplingParams(max_new_tokens=10, temperature=0.0)
+    prompts = [[1, 5, 9, 12, 7, 3], [1, 40], [1, 22, 23, 24, 25, 26, 27, 28, 29]]
+    alone = [sample(model, [p], 2, greedy, stop_ids=set(), pad_id=PAD)[0] for p in prompts]
+    decoder = Decoder(model, PAD)
+    jobs = [Job([p], 2, greedy, stop_ids=set()) for p in prompts]
+    _run(decoder, [(0, jobs[0]), (3, jobs[1]), (4, jobs[2])])
+    for want, job in zip(alone, jobs, strict=True):
+        assert [s.token_ids for s in job.done.result()[0]] == [s.token_ids for s in want]
+    assert decoder.rows == 0
+
+
+def test_seeded_job_is_unchanged_by_its_neighbours(model):
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    alone = sample(model, [[1, 5, 9]], 3, params, stop_ids=set(), pad_id=PAD,
+                   generator=torch.Generator().manual_seed(7))[0]
+    decoder = Decoder(model, PAD)
+    mine = Job([[1, 5, 9]], 3, params, stop_ids=set(), generator=torch.Generator().manual_seed(7))
+    other = Job([[1, 30, 31, 32]], 4, params, stop_ids=set(), generator=torch.Generator().manual_seed(8))
+    _run(decoder, [(0, other), (2, mine)])
+    assert [s.token_ids for s in mine.done.result()[0]] == [s.token_ids for s in alone]
+
+
+def test_a_cancelled_job_leaves_and_the_others_finish(model):
+    params = SamplingParams(max_new_tokens=6, temperature=0.0)
+    decoder = Decoder(model, PAD)
+    stop = []
+    leaving = Job([[1, 5]], 2, params, stop_ids=set(), cancelled=lambda: bool(stop))
+    staying = Job([[1, 6]], 2, params, stop_ids=set())
+    decoder.admit([leaving, staying])
+    decoder.step()
+    decoder.step()
+    stop.append(1)
+    decoder.step()
+    with pytest.raises(Cancelled) as raised:
+        leaving.done.result()
+    assert raised.value.tokens == 4, "two tokens for each of its two rows were generated before it left"
+    assert decoder.rows == 2
+    _run(decoder, [])
+    assert all(len(s.token_ids) == 6 for s in staying.done.result()[0])
+
+
+def test_a_job_cancelled_before_its_prefill_costs_nothing(model):
+    decoder = Decoder(model, PAD)
+    job = Job([[1, 5]], 2, SamplingParams(max_new_tokens=6), stop_ids=set(), cancelled=lambda: True)
+    decoder.admit([job])
+    assert decoder.rows == 0
+    with pytest.raises(Cancelled) as raised:
+        job.done.result()
+    assert raised.value.tokens == 0
+
+
+def test_early_rejection_finishes_only_the_kept_rows(model):
+    params = SamplingParams(max_new_tokens=12, temperature=1.0)
+    seen = []
+
+    def judge(partials):
+        seen.append([len(t) for t in partials])
+        verdict = Future()
+        verdict.set_result([1, 3])
+        return verdict
+
+    job = Job([[1, 5, 9]], 4, params, stop_ids=set(), generator=torch.Generator().manual_seed(1),
+              rejection=Rejection(after_tokens=4, judge=judge))
+    decoder = Decoder(model, PAD)
+    _run(decoder, [(0, job)])
+    samples = job.done.result()[0]
+    assert seen == [[4, 4, 4, 4]], "the verdict is asked for once, when every row has 4 tokens"
+    assert [s.finish_reason for s in samples] == ["rejected", "length", "rejected", "length"]
+    assert [len(s.token_ids) for s in samples] == [4, 12, 4, 12]
+    assert job.generated == 32
+
+
+def test_rows_decode_on_while_the_verdict_is_pending(model):
+    params = SamplingParams(max_new_tokens=10, temperature=1.0)
+    verdict = Future()
+    job = Job([[1, 5]], 2, params, stop_ids=set(), generator=torch.Generator().manual_seed(1),
+              rejection=Rejection(after_tokens=2, judge=lambda partials: verdict))
+    decoder = Decoder(model, PAD)
+    decoder.admit([job])
+    for _ in range(5):
+        decoder.step()
+    assert [len(t) for t in job.tokens] == [5, 5]
+    verdict.set_result([0])
+    _run(decoder, [])
+    samples = job.done.result()[0]
+    assert [s.finish_reason for s in samples] == ["length", "rejected"]
+    assert [len(s.token_ids) for s in samples] == [10, 6]
+
+
+def test_a_verdict_that_comes_after_every_row_finished_still_decides(model):
+    params = SamplingParams(max_new_tokens=3, temperature=1.0)
+    verdict = Future()
+    job = Job([[1, 5]], 3, params, stop_ids=set(), generator=torch.Generator().manual_seed(1),
+              rejection=Rejection(after_tokens=2, judge=lambda partials: verdict))
+    decoder = Decoder(model, PAD)
+    decoder.admit([job])
+    for _ in range(4):
+        decoder.step()
+    assert decoder.rows == 0 and decoder.parked == [job] and not decoder.has_work() and not job.done.done()
+    verdict.set_result([2])
+    assert decoder.has_work()
+    decoder.step()
+    assert decoder.parked == [] and [s.finish_reason for s in job.done.result()[0]] == ["rejected", "rejected",
+                                                                                         "length"]
