@@ -72,6 +72,11 @@ class EarlyRejection:
     """The reward model's scores of the partial answers (decoded text so far), in order."""
 
 
+Finished = Callable[[int, Candidate], None]
+"""Called on the event loop with a candidate's index and the candidate as soon as it finishes, while the others
+still decode, so that scoring can start; a backend that cannot tell (one remote answer holds all) never calls it."""
+
+
 def best_rows(scores: Sequence[float], keep: int) -> list[int]:
     """The indices of the `keep` highest scores, in index order (ties go to the earlier index)."""
     ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
@@ -96,9 +101,11 @@ class PolicyBackend(Protocol):
     """Whether `generate` takes `rejection` (it needs a decode loop that can stop some candidates)."""
 
     async def generate(self, messages: Sequence[Message], n: int, params: GenerationParams, seed: int,
-                       cancelled: Callable[[], bool], rejection: EarlyRejection | None = None) -> Generation:
+                       cancelled: Callable[[], bool], rejection: EarlyRejection | None = None,
+                       finished: Finished | None = None) -> Generation:
         """Sample `n` answers to `messages`; same seed, same answers. Raises `Cancelled` once `cancelled()`; with
-        `rejection`, finishes only the candidates it keeps."""
+        `rejection`, finishes only the candidates it keeps; `finished` hears of candidates as they finish (not
+        with `rejection`, where a finished candidate may yet be cut)."""
         ...
 
     def count_prompt_tokens(self, messages: Sequence[Message]) -> int | None:

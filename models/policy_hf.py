@@ -23,6 +23,7 @@ from models.interface import (
     BackendError,
     Candidate,
     EarlyRejection,
+    Finished,
     Generation,
     GenerationParams,
     Message,
@@ -150,7 +151,10 @@ class HFPolicy:
         return len(self._prompt_ids(messages))
 
     async def generate(self, messages: Sequence[Message], n: int, params: GenerationParams, seed: int,
-                       cancelled: Callable[[], bool], rejection: EarlyRejection | None = None) -> Generation:
+                       cancelled: Callable[[], bool], rejection: EarlyRejection | None = None,
+                       finished: Finished | None = None) -> Generation:
+        # `finished` is never called: the reward model and this loop share the CPU's cores, so scoring the
+        # candidates one by one while others decode would slow the decoding as much as it hides.
         self._running += 1
         try:
             ids = await asyncio.to_thread(self._prompt_ids, messages)

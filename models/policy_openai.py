@@ -21,6 +21,7 @@ from models.interface import (
     Cancelled,
     Candidate,
     EarlyRejection,
+    Finished,
     Generation,
     GenerationParams,
     Message,
@@ -98,7 +99,9 @@ class OpenAIPolicy:
         return len(prompt_ids(self.tokenizer, messages)) if self.tokenizer is not None else None
 
     async def generate(self, messages: Sequence[Message], n: int, params: GenerationParams, seed: int,
-                       cancelled: Callable[[], bool], rejection: EarlyRejection | None = None) -> Generation:
+                       cancelled: Callable[[], bool], rejection: EarlyRejection | None = None,
+                       finished: Finished | None = None) -> Generation:
+        # One answer holds every candidate: `finished` is never called.
         if rejection is not None:
             raise RemoteRequestError("early rejection needs the hf or vllm policy backend", "policy")
         payload: dict[str, Any] = {"model": self.remote_model, "messages": list(messages), "n": n,

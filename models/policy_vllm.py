@@ -39,6 +39,7 @@ from models.interface import (
     Cancelled,
     Candidate,
     EarlyRejection,
+    Finished,
     Generation,
     GenerationParams,
     Message,
@@ -117,20 +118,19 @@ class VLLMPolicy:
         return len(self._prompt_ids(messages))
 
     async def generate(self, messages: Sequence[Message], n: int, params: GenerationParams, seed: int,
-                       cancelled: Callable[[], bool], rejection: EarlyRejection | None = None) -> Generation:
+                       cancelled: Callable[[], bool], rejection: EarlyRejection | None = None,
+                       finished: Finished | None = None) -> Generation:
         from vllm.exceptions import VLLMValidationError
 
         ids = self._prompt_ids(messages)
         try:
             if rejection is None:
-                outputs, rejected = await self._sample(ids, n, params, seed, cancelled), []
+                outputs, rejected = await self._sample(ids, n, params, seed, cancelled, finished), []
             else:
                 outputs, rejected = await self._sample_rejecting(ids, n, params, seed, cancelled, rejection)
         except VLLMValidationError as exc:
             raise RemoteRequestError(str(exc), "policy") from exc
-        candidates = [Candidate(o.text.strip(), len(o.token_ids), "length" if o.finish_reason == "length" else "stop")
-                      for o in outputs]
-        return Generation(candidates, len(ids), rejected)
+        return Generation([_candidate(o) for o in outputs], len(ids), rejected)
 
     @staticmethod
     def _params(params: GenerationParams, n: int, seed: int, streamed: bool) -> Any:
@@ -143,18 +143,22 @@ class VLLMPolicy:
                               output_kind=RequestOutputKind.CUMULATIVE if streamed else RequestOutputKind.FINAL_ONLY)
 
     async def _sample(self, ids: list[int], n: int, params: GenerationParams, seed: int,
-                      cancelled: Callable[[], bool]) -> list[Any]:
-        """One request with n=N: the children share the prompt's KV blocks."""
+                      cancelled: Callable[[], bool], finished: Finished | None) -> list[Any]:
+        """One request with n=N: the children share the prompt's KV blocks. With `finished`, the outputs stream
+        back and each candidate is handed over as it finishes, while the others decode on."""
+        latest: dict[int, Any] = {}
 
-        async def final_output() -> Any:
-            last = None
-            async for output in self.engine.generate({"prompt_token_ids": ids}, self._params(params, n, seed, False),
-                                                     uuid.uuid4().hex):
-                last = output
-            return last
+        async def run() -> None:
+            sampling = self._params(params, n, seed, streamed=finished is not None)
+            async for output in self.engine.generate({"prompt_token_ids": ids}, sampling, uuid.uuid4().hex):
+                for o in output.outputs:
+                    new = o.index not in latest or latest[o.index].finish_reason is None
+                    latest[o.index] = o
+                    if finished is not None and new and o.finish_reason is not None:
+                        finished(o.index, _candidate(o))
 
-        (output,) = await _until(cancelled, [asyncio.ensure_future(final_output())], lambda: 0)
-        return sorted(output.outputs, key=lambda o: o.index)
+        await _until(cancelled, [asyncio.ensure_future(run())], lambda: sum(len(o.token_ids) for o in latest.values()))
+        return [latest[i] for i in range(n)]
 
     async def _sample_rejecting(self, ids: list[int], n: int, params: GenerationParams, seed: int,
                                 cancelled: Callable[[], bool],
@@ -217,6 +221,12 @@ class VLLMPolicy:
         gc.collect()
         # Reap the engine's exited processes; one still dying now is reaped by the next call (the next close).
         multiprocessing.active_children()
+
+
+def _candidate(output: Any) -> Candidate:
+    """A finished vLLM `CompletionOutput` as a candidate (vLLM has cut it at a stop string already)."""
+    reason = "length" if output.finish_reason == "length" else "stop"
+    return Candidate(output.text.strip(), len(output.token_ids), reason)
 
 
 async def _until(cancelled: Callable[[], bool], work: list[asyncio.Future[Any]], spent: Callable[[], int],
