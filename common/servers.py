@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,11 @@ def _answers_ok(url: str, timeout_s: float = 2.0) -> bool:
     except (OSError, http.client.HTTPException):  # refused, reset, timed out, an error status, a garbled answer
         return False
 
+
+BON_SERVE = (sys.executable, "-m", "bon.cli", "serve")
+"""`bon serve` as this Python starts it."""
+VLLM_SERVE = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
+"""`vllm serve` as this Python starts it (the CPU build's `vllm` console script cannot find its own version)."""
 
 @dataclass
 class Server:

@@ -59,9 +59,14 @@ class Balancer:
         """`time.monotonic()` before which a replica is not asked."""
         self._turn = itertools.count()
 
-    def pick(self, avoid: Collection[str] = ()) -> str | None:
-        """A replica that is not busy, outside `avoid` unless every such replica is in it; None while all are busy."""
-        start, now = next(self._turn), time.monotonic()
+    def next_turn(self) -> int:
+        """Where the round robin starts for the next call: one turn a call, however many attempts it makes."""
+        return next(self._turn)
+
+    def pick(self, avoid: Collection[str] = (), turn: int | None = None) -> str | None:
+        """A replica that is not busy, outside `avoid` unless every such replica is in it; None while all are busy.
+        The round robin starts at `turn` (a call's `next_turn()`), at the next turn when none is given."""
+        start, now = self.next_turn() if turn is None else turn, time.monotonic()
         order = [self.urls[(start + i) % len(self.urls)] for i in range(len(self.urls))]
         free = [u for u in order if self.busy_until[u] <= now]
         if not free:
@@ -139,10 +144,14 @@ class Upstream:
         failed: set[str] = set()
         url: str | None = None
         deadline = asyncio.get_running_loop().time() + self.timeout_s
+        # A retry must not take a turn of its own: with two replicas, each call that failed at one and was retried
+        # at the other would leave the next call starting at the failed one again, so a dead replica would be
+        # asked first by nearly every call instead of every other one.
+        turn = self.balancer.next_turn()
         try:
             async with asyncio.timeout_at(deadline):
                 for attempt in range(self.retries + 1):
-                    url = await self._next(failed, deadline, failures)
+                    url = await self._next(failed, deadline, failures, turn)
                     backoff = 0.0  # a busy replica's wait is its Retry-After, taken in `_next`
                     try:
                         return await self._attempt(url, path, payload, parse)
@@ -164,10 +173,10 @@ class Upstream:
         raise BackendError(f"{self.role} server: all {self.retries + 1} attempts failed; {self._tried(failures)}",
                            self.role)
 
-    async def _next(self, failed: Collection[str], deadline: float, failures: list[str]) -> str:
+    async def _next(self, failed: Collection[str], deadline: float, failures: list[str], turn: int) -> str:
         """The replica of the next attempt, after waiting out a 429 when every replica is busy and the wait fits."""
         loop = asyncio.get_running_loop()
-        while (url := self.balancer.pick(failed)) is None:
+        while (url := self.balancer.pick(failed, turn)) is None:
             wait = self.balancer.free_in()
             if loop.time() + wait >= deadline:
                 raise self._busy(failures)

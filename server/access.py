@@ -3,7 +3,8 @@
 The access log replaces uvicorn's: it also knows the policy and best_of a completion asked for (the handler
 writes them into the request's state) and tags each request with an id, the client's `X-Request-Id` when it
 sends a usable one, echoed in the response as `X-Request-Id`. Lines go to the `bon.access` logger at INFO;
-`--no-access-log` turns them off (the ids stay).
+`--no-access-log` turns them off (the ids stay, and so does the count of every response in
+`bon_http_responses_total`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import uuid
 from contextvars import ContextVar
 from typing import Any
 
+from server.metrics import Metrics
 from server.settings import Settings
 from server.state import Served
 
@@ -30,11 +32,11 @@ Message = dict[str, Any]
 
 
 class AccessLog:
-    """ASGI middleware: tags every request with an id; logs one line per request once its response is sent
-(streams included) when enabled."""
+    """ASGI middleware: tags every request with an id; counts every response by route and status, and logs one
+line per request once its response is sent (streams included) when enabled."""
 
-    def __init__(self, app: Any, enabled: bool = True):
-        self.app, self.enabled = app, enabled
+    def __init__(self, app: Any, metrics: Metrics, enabled: bool = True):
+        self.app, self.metrics, self.enabled = app, metrics, enabled
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -60,6 +62,9 @@ class AccessLog:
             await self.app(scope, receive, send_with_id)
         finally:
             current_request_id.reset(token)
+            # The router leaves the matched route in the scope; a path that matched none is counted as "other".
+            handler = getattr(scope.get("route"), "path", "other")
+            self.metrics.responses.labels(handler=handler, status=str(status)).inc()
             if self.enabled:
                 log.info("%s %s %s %d policy=%s best_of=%s %.1fms", request_id, scope["method"], scope["path"], status,
                          access.get("policy", "-"), access.get("best_of", "-"),

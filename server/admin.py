@@ -50,6 +50,7 @@ from server.admin_protocol import (
 )
 from server.errors import APIError, invalid
 from server.http import authorize_admin, parse_body
+from server.openapi import documented
 from server.pipeline import lookup, require_ready
 from server.state import PolicyEntry, Served, ServerState, close_reward, warm_up_policy, warm_up_reward
 
@@ -139,10 +140,15 @@ class Admin:
         return validate_checkpoint(path, kind, within=self.registry.root if from_registry else None)
 
     def _resolve(self, checkpoint: str) -> Path:
+        # Names no file system takes are refused here; the registry would raise them as OSError and ValueError.
+        if "\x00" in checkpoint:
+            raise invalid("a checkpoint name holds no NUL character", param="checkpoint", code="invalid_checkpoint")
         try:
             return self.registry.resolve(checkpoint)
         except CheckpointError as exc:
             raise _refusal(exc) from None
+        except OSError as exc:  # a name too long for the file system: no checkpoint can be there
+            raise _refusal(CheckpointNotFound(f"no checkpoint directory can be named so: {exc.strerror}")) from None
 
     def _check_best_of(self, best_of: int) -> None:
         if best_of > self.state.settings.max_best_of:
@@ -388,46 +394,46 @@ def install_admin(app: FastAPI, state: ServerState) -> None:
         return
     admin = Admin(state)
     app.state.bon_admin = admin
-    limit = state.settings.max_body_bytes
+    settings = state.settings
 
     async def authorized(request: Request) -> None:
         authorize_admin(request, key)
 
     router = APIRouter(prefix="/admin", dependencies=[Depends(authorized)])
 
-    @router.get("/checkpoints", response_model=CheckpointList)
+    @router.get("/checkpoints", response_model=CheckpointList, **documented(400, 401))
     async def checkpoints(verify: bool = False) -> CheckpointList:
         found = await asyncio.to_thread(admin.registry.list, verify)
         return CheckpointList(root=str(admin.registry.root.resolve()), data=found)
 
-    @router.get("/models", response_model=ModelsStatus)
+    @router.get("/models", response_model=ModelsStatus, **documented(401, 503))
     async def models() -> ModelsStatus:
         return admin.models()
 
-    @router.post("/policies/{name}", response_model=PolicySwap)
+    @router.post("/policies/{name}", response_model=PolicySwap, **documented(401, 404, 409, 503, body=LoadPolicy))
     async def load(name: str, request: Request) -> PolicySwap:
-        body = await parse_body(request, LoadPolicy, limit)
+        body = await parse_body(request, LoadPolicy, settings)
         return await admin.load_policy(name, body.checkpoint, body.best_of)
 
-    @router.patch("/policies/{name}", response_model=BestOf)
+    @router.patch("/policies/{name}", response_model=BestOf, **documented(401, 404, 409, 503, body=SetBestOf))
     async def set_best_of(name: str, request: Request) -> BestOf:
-        body = await parse_body(request, SetBestOf, limit)
+        body = await parse_body(request, SetBestOf, settings)
         return await admin.set_best_of(name, body.best_of)
 
-    @router.delete("/policies/{name}", response_model=Unload)
+    @router.delete("/policies/{name}", response_model=Unload, **documented(401, 404, 409, 503))
     async def unload(name: str) -> Unload:
         return await admin.unload_policy(name)
 
-    @router.post("/policies/{name}/rollback", response_model=PolicySwap)
+    @router.post("/policies/{name}/rollback", response_model=PolicySwap, **documented(400, 401, 404, 409, 503))
     async def rollback(name: str) -> PolicySwap:
         return await admin.rollback_policy(name)
 
-    @router.post("/reward", response_model=Swap)
+    @router.post("/reward", response_model=Swap, **documented(401, 404, 409, 503, body=LoadReward))
     async def load_reward_model(request: Request) -> Swap:
-        body = await parse_body(request, LoadReward, limit)
+        body = await parse_body(request, LoadReward, settings)
         return await admin.load_reward(body.checkpoint)
 
-    @router.post("/reward/rollback", response_model=Swap)
+    @router.post("/reward/rollback", response_model=Swap, **documented(400, 401, 404, 409, 503))
     async def rollback_reward() -> Swap:
         return await admin.rollback_reward()
 

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from models.interface import activate
 from server import pipeline
@@ -22,6 +22,7 @@ from server.access import AccessLog, banner_log, ready_banner
 from server.admin import install_admin
 from server.errors import APIError, install_error_handlers
 from server.http import authorize, holds_admin_key, parse_body
+from server.openapi import documented, install_openapi
 from server.settings import Settings
 from server.state import ServerState
 
@@ -57,19 +58,20 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="bon", summary="Best-of-N serving with reward-model reranking", lifespan=lifespan)
     app.state.bon = state
-    app.add_middleware(AccessLog, enabled=settings.access_log)
+    app.add_middleware(AccessLog, metrics=state.metrics, enabled=settings.access_log)
     install_error_handlers(app)
     install_admin(app, state)
+    install_openapi(app)
 
     @app.get("/", include_in_schema=False)
     async def playground() -> HTMLResponse:
         return HTMLResponse(PLAYGROUND, headers={"Content-Security-Policy": PLAYGROUND_CSP})
 
-    @app.get("/health")
+    @app.get("/health", **documented())
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", **documented(503))
     async def ready(request: Request) -> dict[str, object]:
         """200 once serving; else 503 with a stable reason, and the failure behind it for the admin key only."""
         state = _state(request)
@@ -77,7 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ready", "policies": {name: e.version for name, e in served.policies.items()},
                 "reward_model": served.reward.version}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, **documented())
     async def metrics(request: Request) -> Response:
         state = _state(request)
         if state.served is not None:
@@ -85,7 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
                                            for name, e in state.served.policies.items()})
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/models", response_model=p.ModelList)
+    @app.get("/v1/models", response_model=p.ModelList, **documented(401, 503))
     async def models(request: Request) -> p.ModelList:
         state = _state(request)
         authorize(request, state.settings.api_keys)
@@ -96,24 +98,28 @@ def create_app(settings: Settings) -> FastAPI:
                  for name, e in served.policies.items()]
         return p.ModelList(data=cards)
 
-    @app.post("/v1/chat/completions")
+    # The completion routes answer a JSONResponse or a stream themselves: `response_model` only documents the JSON.
+    @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse,
+              **documented(401, 404, 429, 502, 503, body=p.ChatCompletionRequest, stream=p.ChatCompletionChunk))
     async def chat_completions(request: Request) -> Response:
         return await pipeline.handle(_state(request), request, "chat")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", response_model=p.CompletionResponse,
+              **documented(401, 404, 429, 502, 503, body=p.CompletionRequest, stream=p.CompletionChunk))
     async def completions(request: Request) -> Response:
         return await pipeline.handle(_state(request), request, "completion")
 
-    @app.post("/classify", response_model=p.ClassifyResponse)
+    @app.post("/classify", response_model=p.ClassifyResponse, **documented(401, 429, 502, 503, body=p.ClassifyRequest))
     async def classify(request: Request) -> p.ClassifyResponse:
         """vLLM 0.32's `/classify` (chat form) over the reward model, scored in the same micro-batches as the
         Best-of-N candidates: the same fields, `usage` included, and the same default activation (the reward
         backend's `activation`). Admitted like a completion (a slot, 429 when full, stopped when the client goes);
         a conversation longer than the RM reads is a 400, never a score of a truncated text."""
+        arrived = time.perf_counter()
         state = _state(request)
         authorize(request, state.settings.api_keys)
         pipeline.require_ready(state)
-        req = await parse_body(request, p.ClassifyRequest, state.settings.max_body_bytes)
+        req = await parse_body(request, p.ClassifyRequest, state.settings)
         answer = req.messages[-1]
         if answer.role != "assistant":
             raise APIError(400, "the last message must be the assistant answer to score", param="messages")
@@ -122,8 +128,10 @@ def create_app(settings: Settings) -> FastAPI:
         if served.reward.max_length is not None:
             pipeline.refuse_by_characters(messages, served.reward.max_length, "the conversation",
                                           "the reward model's context", "messages")
-        with state.leases.hold(served.reward), pipeline.backend_errors(state, "messages"):
-            async with pipeline.DisconnectWatcher(request) as watcher, state.admission.slot(watcher.until_gone):
+        watcher = pipeline.DisconnectWatcher(request, pipeline.request_timeout(request, state.settings),
+                                             since=arrived)
+        with state.leases.hold(served.reward), pipeline.backend_errors(state, "messages", watcher):
+            async with watcher, state.admission.slot(watcher.until_gone):
                 (score,) = await watcher.until_gone(served.scorer.score([(messages[:-1], answer.text())]))
         activation = "identity" if req.use_activation is False else served.reward.activation
         data = p.ClassifyData(index=0, label=served.reward.label, probs=[activate(activation, score.value)],

@@ -11,17 +11,27 @@ One job's failure is its own: `check` runs on every result and a job with a resu
 while the rest of its batch gets their scores; when scoring a batch raises (one item too long, say), each of
 its jobs is scored again alone, so only the job that raises hears about it. At most `max_pending` items wait;
 a job that would exceed it is refused at once (`BatcherFull`), so a flood costs refusals, not memory.
+
+The worker survives a scoring function that fails; should it die anyway (an exception that is not an `Exception`,
+such as a `CancelledError` out of a scoring function running an event loop of its own), the jobs of the batch it
+was scoring fail and it is started again, with the jobs still waiting. One that dies `max_restarts` times within
+`restart_window_s` is not started again: `failure` says why, and every job fails from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from models.interface import BackendError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,7 +54,8 @@ def _fail(job: _Job[T, R], exc: Exception) -> None:
 
 class MicroBatcher(Generic[T, R]):
     def __init__(self, score: Callable[[list[T]], list[R]], *, max_batch: int, max_wait_s: float, max_pending: int,
-                 on_batch: Callable[[int, float], None] | None = None, check: Callable[[R], None] | None = None):
+                 on_batch: Callable[[int, float], None] | None = None, check: Callable[[R], None] | None = None,
+                 on_restart: Callable[[], None] | None = None, max_restarts: int = 5, restart_window_s: float = 60.0):
         if max_batch < 1 or max_wait_s < 0 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be positive and max_wait_s non-negative")
         self._score = score
@@ -53,6 +64,13 @@ class MicroBatcher(Generic[T, R]):
         self.max_pending = max_pending
         self._on_batch = on_batch
         self._check = check
+        self._on_restart = on_restart
+        self.max_restarts = max_restarts
+        self.restart_window_s = restart_window_s
+        self.failure: str | None = None
+        """Why the worker is down for good (it died `max_restarts` times in `restart_window_s`); None while it runs."""
+        self._batch: list[_Job[T, R]] = []
+        """The jobs of the batch being scored, which a worker that dies leaves to fail."""
         self._pending: collections.deque[_Job[T, R]] = collections.deque()
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
@@ -60,7 +78,7 @@ class MicroBatcher(Generic[T, R]):
 
     def start(self) -> None:
         if self._worker is None:
-            self._worker = asyncio.create_task(self._run(), name="rm-micro-batcher")
+            self._worker = asyncio.create_task(self._supervise(), name="rm-micro-batcher")
 
     async def stop(self) -> None:
         if self._worker is not None:
@@ -77,6 +95,8 @@ class MicroBatcher(Generic[T, R]):
         """Scores of `items`, in order, computed together with whatever else is waiting."""
         if not items:
             return []
+        if self.failure is not None:
+            raise self._down()
         if self._worker is None or self._worker.done():
             raise RuntimeError("the micro-batcher is not running")
         waiting = sum(len(j.items) for j in self._pending if not j.future.done())
@@ -121,9 +141,44 @@ class MicroBatcher(Generic[T, R]):
             size += len(job.items)
         return batch
 
+    async def _supervise(self) -> None:
+        """Run the worker, and start it again each time it dies, up to `max_restarts` times in `restart_window_s`."""
+        deaths: collections.deque[float] = collections.deque()
+        while True:
+            try:
+                await self._run()  # it never returns: it loops until it raises
+            except BaseException as exc:
+                task = asyncio.current_task()
+                if isinstance(exc, KeyboardInterrupt | SystemExit) or (task is not None and task.cancelling()):
+                    raise  # stop() cancelled it, or the process is going
+                why = f"{type(exc).__name__}: {exc}"
+                for job in self._batch:
+                    _fail(job, BackendError(f"the reward model's worker died while scoring ({why})", "reward"))
+                now = time.monotonic()
+                deaths.append(now)
+                while deaths[0] < now - self.restart_window_s:
+                    deaths.popleft()
+                if len(deaths) > self.max_restarts:
+                    self._give_up(f"its worker died {len(deaths)} times in {self.restart_window_s:g} s, last: {why}")
+                    return
+                log.error("the reward model's micro-batcher worker died (%s); starting it again", why, exc_info=exc)
+                if self._on_restart is not None:
+                    self._on_restart()
+
+    def _give_up(self, failure: str) -> None:
+        """Down for good: every job waiting now or submitted later fails with `failure`."""
+        self.failure = failure
+        log.error("%s", self._down())
+        while self._pending:
+            _fail(self._pending.popleft(), self._down())
+
+    def _down(self) -> BackendError:
+        return BackendError(f"the reward model's micro-batcher is down: {self.failure}", "reward")
+
     async def _run(self) -> None:
         while True:
             jobs = [j for j in await self._collect() if not j.future.done()]
+            self._batch = jobs
             if not jobs:
                 continue
             try:

@@ -80,7 +80,8 @@ def describe(error: ValidationError) -> str:
 
 
 def serve(args: argparse.Namespace) -> None:
-    """Start the server; a `ConfigError` that says what is wrong when the settings cannot be served."""
+    """Serve until a signal stops it (gracefully: `server/shutdown.py`); a `ConfigError` that says what is wrong
+    when the settings cannot be served."""
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
@@ -96,13 +97,21 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.shutdown import GracefulServer
 
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The server's own access log (server/access.py) replaces uvicorn's.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=settings.timeout_keep_alive_s,
-                limit_concurrency=settings.limit_concurrency or settings.max_in_flight + settings.max_queue + 64)
+    app = create_app(settings)
+    # The server's own access log (server/access.py) replaces uvicorn's. The graceful timeout is uvicorn's, for
+    # the answers still being sent once the drain is over (GracefulServer).
+    connections = settings.limit_concurrency or settings.max_in_flight + settings.max_queue + 64
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=False, timeout_graceful_shutdown=10,
+                            timeout_keep_alive=settings.timeout_keep_alive_s, limit_concurrency=connections)
+    server = GracefulServer(config, app.state.bon)
+    server.run()
+    if not server.started:
+        raise ConfigError(f"the server did not start on {settings.host}:{settings.port}; the log above says why")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,14 +13,30 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+          405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+          429: "rate_limit_error",
           499: "client_closed_request", 502: "upstream_error", 503: "service_unavailable", 500: "internal_error"}
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    """The request field at fault, when one is."""
+    code: str | None
+    """A stable reason (`invalid_api_key`, `queue_full`, ...), counted in `bon_rejections_total`."""
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope: the body of every answer that is not a 2xx, as `/openapi.json` describes it."""
+
+    error: ErrorBody
 
 
 class APIError(Exception):
@@ -35,8 +51,8 @@ class APIError(Exception):
         self.headers = dict(headers or {})
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        body = ErrorResponse(error=ErrorBody(message=self.message, type=self.type, param=self.param, code=self.code))
+        return JSONResponse(body.model_dump(), status_code=self.status, headers=self.headers)
 
 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> APIError:

@@ -4,11 +4,13 @@ a key or a body (both completion endpoints, `/classify` and the admin API).
 A key is compared in constant time, as bytes: the header's own bytes (Starlette decodes headers as Latin-1, so
 encoding back gives them unchanged, whatever the client sent) against the key's UTF-8. A body is refused with
 413 as soon as it is known to exceed the limit, before any of it is parsed; a chunked body is counted as it is
-read.
+read. A body that has not all arrived `body_read_timeout_s` after the route starts reading it is refused with 408:
+uvicorn sets no such deadline, so a client sending its body a byte at a time would hold the connection forever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Sequence
@@ -16,9 +18,11 @@ from typing import TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from server import protocol
 from server.errors import APIError, from_validation_error, invalid
+from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +72,22 @@ async def _read(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_body(request: Request, model: type[M], limit: int) -> M:
-    """The JSON body as `model`: 413 past `limit` bytes, 400 when it does not validate.
+async def parse_body(request: Request, model: type[M], settings: Settings) -> M:
+    """The JSON body as `model`: 413 past `max_body_bytes`, 408 when it takes longer than `body_read_timeout_s`
+    to arrive, 400 when it does not validate.
 
     OpenAI fields this server cannot honour are refused when set; other unknown fields (where `model` allows
     them) are logged and ignored.
     """
-    body = await _read(request, limit)
+    try:
+        async with asyncio.timeout(settings.body_read_timeout_s):
+            body = await _read(request, settings.max_body_bytes)
+    except TimeoutError:
+        # Closed after the answer: kept alive, the connection would go on reading the rest of that body.
+        raise APIError(408, f"the request body did not arrive within {settings.body_read_timeout_s:g} s",
+                       code="body_read_timeout", headers={"Connection": "close"}) from None
+    except ClientDisconnect:  # gone before its body was read: nothing to answer, and no server error to log
+        raise APIError(499, "the client closed the request", code="client_closed") from None
     try:
         parsed = model.model_validate_json(body)
     except ValidationError as exc:

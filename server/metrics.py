@@ -42,10 +42,17 @@ class Metrics:
                                         ["reward_version"], buckets=_LATENCY, registry=r)
         self.in_flight = Gauge("bon_requests_in_flight", "Requests holding an admission slot", registry=r)
         self.queued = Gauge("bon_requests_queued", "Requests waiting for an admission slot", registry=r)
+        self.inflight_tokens = Gauge("bon_inflight_tokens", "Admission budget held by the requests in flight: the "
+                                     "most tokens each may generate (best_of × max_tokens)", registry=r)
+        self.inflight_budget = Gauge("bon_inflight_budget_tokens", "The admission budget (--max-inflight-tokens)",
+                                     registry=r)
         self.requests = Counter("bon_requests_total", "Best-of-N requests answered",
                                 ["policy", "version", "reward_version", "endpoint"], registry=r)
         self.cancelled = Counter("bon_requests_cancelled_total", "Requests whose client went away before the answer",
                                  registry=r)
+        self.cancelled_tokens = Counter("bon_cancelled_tokens_total", "Tokens generated for requests stopped before "
+                                        "their answer: the client went away (client_closed) or the deadline passed "
+                                        "(timeout)", ["reason"], registry=r)
         self.candidates = Counter("bon_candidates_generated_total", "Candidates sampled", ["policy", "version"],
                                   registry=r)
         self.tokens = Counter("bon_tokens_generated_total", "Completion tokens generated over all candidates",
@@ -54,6 +61,8 @@ class Metrics:
                                      ["policy", "version"], registry=r)
         self.rm_batch_size = Histogram("bon_rm_batch_size", "Candidates per reward-model forward pass",
                                        ["reward_version"], buckets=_BATCH, registry=r)
+        self.rm_worker_restarts = Counter("bon_rm_worker_restarts_total", "Restarts of the reward model's "
+                                          "micro-batcher after its worker died", registry=r)
         self.rm_batch_duration = Histogram("bon_rm_batch_duration_seconds", "Duration of one reward-model forward",
                                            ["reward_version"], buckets=_LATENCY, registry=r)
         self.selected_reward = Histogram("bon_selected_reward", "Reward of the first returned choice",
@@ -62,6 +71,10 @@ class Metrics:
                                      "mean", ["policy", "version", "reward_version"], buckets=_GAIN,
                                      registry=r)
         self.rejections = Counter("bon_rejections_total", "Requests refused, by reason", ["reason"], registry=r)
+        # Every answer by route and status, so error rates and 429s have a denominator: `handler` is the route's
+        # path template (`/admin/policies/{name}`), never the raw path, which a client could vary without end.
+        self.responses = Counter("bon_http_responses_total", "HTTP responses by route template and status code",
+                                 ["handler", "status"], registry=r)
         # The guard (--guard): a held-out reward of the first returned choice, and the selecting RM's reward
         # minus it. Raw scores on their own scales: watch the gap grow with best_of or over time.
         guarded = ["policy", "version", "reward_version", "best_of"]

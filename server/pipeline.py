@@ -26,11 +26,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from models.interface import (
     BackendError,
     Cancelled,
+    Candidate,
     ContextLengthExceeded,
+    EarlyRejection,
     Generation,
     GenerationParams,
     Message,
     RemoteRequestError,
+    Score,
     UpstreamBusy,
     require_finite,
 )
@@ -69,6 +72,18 @@ class Plan:
     return_candidates: bool
     stream: bool
     include_usage: bool
+    early_rejection: tuple[int, int] | None = None
+    """(after_tokens, candidates kept) when the request asked for early rejection and it cuts any."""
+
+    @property
+    def samples(self) -> int:
+        """Candidates sampled: `best_of`, but one at temperature 0, where every candidate would be the same."""
+        return 1 if self.params.temperature == 0 else self.best_of
+
+    @property
+    def cost(self) -> int:
+        """What the request holds of the admission budget: the most tokens it may generate."""
+        return self.samples * self.params.max_tokens
 
 
 @dataclass(frozen=True)
@@ -86,17 +101,21 @@ class Outcome:
 
 # Validate
 
+_NOT_READY = {"loading": "the models are loading and warming up", "shutting_down": "it is shutting down"}
+"""What a reason not to be ready says by itself, where no failure is behind it."""
+
 
 def require_ready(state: ServerState, detail: bool = False) -> Served:
-    """The models served now, or a 503 that says why not as a stable reason (`ServerState.reason`); the failure
+    """The models served now, or a 503 that says why not as a stable reason (`ServerState.unready`); the failure
     behind it, which may name paths and URLs, only with `detail` (a caller holding the admin key)."""
-    served = state.served
-    if served is None:
-        why = state.error if detail and state.error else (
-            "the server's log says why" if state.error else "the models are loading and warming up")
-        raise APIError(503, f"the server is not ready ({state.reason}): {why}", code="not_ready",
-                       headers={"Retry-After": str(state.settings.retry_after_s)})
-    return served
+    unready = state.unready()
+    if unready is None:
+        assert state.served is not None
+        return state.served
+    reason, error = unready
+    why = error if detail and error else _NOT_READY.get(reason, "the server's log says why")
+    raise APIError(503, f"the server is not ready ({reason}): {why}", code="not_ready",
+                   headers={"Retry-After": str(state.settings.retry_after_s)})
 
 
 def lookup(served: Served, model: str) -> PolicyEntry:
@@ -138,16 +157,41 @@ def plan_request(req: p.ChatCompletionRequest | p.CompletionRequest, endpoint: E
         raise invalid(f"best_of must be at most {settings.max_best_of}", param="best_of")
     if n > best_of:
         raise invalid(f"n ({n}) must not exceed best_of ({best_of})", param="n")
+    early_rejection = None
+    if req.early_rejection is not None:
+        if not entry.backend.supports_early_rejection:
+            raise invalid(f"early_rejection needs the hf or vllm policy backend; {req.model!r} is served by another",
+                          param="early_rejection")
+        keep = max(n, math.ceil(req.early_rejection.keep * best_of))
+        if keep < best_of and req.temperature != 0:  # at temperature 0 one candidate is sampled: nothing to cut
+            early_rejection = (req.early_rejection.after_tokens, keep)
     if req.stream_options is not None and not req.stream:
         raise invalid("stream_options is only allowed with stream: true", param="stream_options")
     stop = tuple(s for s in ([req.stop] if isinstance(req.stop, str) else req.stop or []) if s)
     params = GenerationParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
                               top_p=1.0 if req.top_p is None else req.top_p, stop=stop, ignore_eos=req.ignore_eos)
-    return Plan(endpoint=endpoint, policy=req.model, messages=_messages(req), n=n, best_of=best_of, params=params,
+    plan = Plan(endpoint=endpoint, policy=req.model, messages=_messages(req), n=n, best_of=best_of, params=params,
                 seed=req.seed if req.seed is not None else random.SystemRandom().randrange(2**63),
                 selection=req.selection, selection_temperature=req.selection_temperature,
                 return_candidates=req.return_candidates, stream=req.stream,
-                include_usage=bool(req.stream_options and req.stream_options.include_usage))
+                include_usage=bool(req.stream_options and req.stream_options.include_usage),
+                early_rejection=early_rejection)
+    budget = settings.inflight_token_budget()
+    if plan.cost > budget:
+        param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        raise invalid(f"{plan.samples} candidates of up to {max_tokens} tokens are {plan.cost} tokens, more than the "
+                      f"server runs at once ({budget}): this request could never run; ask for fewer candidates "
+                      "(best_of) or tokens", param=param, code="request_too_large")
+    return plan
+
+
+def choose(plan: Plan, texts: Sequence[str], rewards: Sequence[float]) -> list[int]:
+    """The candidates the request returns, in choice order (`select`); `n` times the one candidate sampled at
+    temperature 0."""
+    if plan.samples == 1:
+        return [0] * plan.n
+    return select(plan.selection, texts, rewards, plan.n, temperature=plan.selection_temperature,
+                  rng=random.Random(plan.seed))
 
 
 def refuse_by_characters(messages: Sequence[Message], max_tokens: int, what: str, why: str, param: str) -> None:
@@ -188,17 +232,38 @@ def check_prompt_length(entry: PolicyEntry, plan: Plan, settings: Settings) -> N
 # Sample, score, select
 
 
-class DisconnectWatcher:
-    """Sets `gone` when the client disconnects; the sampler polls `cancelled()` between decode steps."""
+CLIENT_TIMEOUT_HEADER = "x-stainless-read-timeout"
+"""Where the official openai clients send their timeout, in seconds, with every request."""
 
-    def __init__(self, request: Request, interval_s: float = 0.05):
+
+def request_timeout(request: Request, settings: Settings) -> float:
+    """The seconds a completion may take: `request_timeout_s`, or the client's own timeout when it is shorter (a
+    client that will have given up by then needs no answer, and behind a proxy its leaving may never be seen)."""
+    try:
+        client = float(request.headers.get(CLIENT_TIMEOUT_HEADER, "inf"))
+    except ValueError:
+        client = math.inf
+    return min(settings.request_timeout_s, client) if client > 0 else settings.request_timeout_s
+
+
+class DisconnectWatcher:
+    """Sets `gone` when the client disconnects; `cancelled()`, which the sampler polls between decode steps, is
+    true from then on, and from the deadline on (`timeout_s` after `since`, a `time.perf_counter()`)."""
+
+    def __init__(self, request: Request, timeout_s: float = math.inf, since: float | None = None,
+                 interval_s: float = 0.05):
         self.request = request
+        self.timeout_s = timeout_s
+        self.deadline = (time.perf_counter() if since is None else since) + timeout_s
         self.interval_s = interval_s
         self.gone = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    def expired(self) -> bool:
+        return time.perf_counter() >= self.deadline
+
     def cancelled(self) -> bool:
-        return self.gone.is_set()
+        return self.gone.is_set() or self.expired()
 
     async def _watch(self) -> None:
         while not await self.request.is_disconnected():
@@ -206,10 +271,12 @@ class DisconnectWatcher:
         self.gone.set()
 
     async def until_gone(self, work: Awaitable[Any]) -> Any:
-        """Await `work`, or cancel it and raise `Cancelled` if the client goes first."""
+        """Await `work`, or cancel it and raise `Cancelled` if the client goes or the deadline passes first."""
         task, gone = asyncio.ensure_future(work), asyncio.ensure_future(self.gone.wait())
+        left = self.deadline - time.perf_counter()
         try:
-            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, gone}, timeout=left if math.isfinite(left) else None,
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
             finished = task.done()
@@ -231,13 +298,37 @@ class DisconnectWatcher:
 async def best_of_n(served: Served, entry: PolicyEntry, plan: Plan, watcher: DisconnectWatcher,
                     arrived: float, queue_seconds: float) -> Outcome:
     started = time.perf_counter()
-    generation = await entry.backend.generate(plan.messages, plan.best_of, plan.params, plan.seed, watcher.cancelled)
-    sampled = time.perf_counter()
-    items = [(plan.messages, c.text) for c in generation.candidates]
-    rewards = [s.value for s in await watcher.until_gone(served.scorer.score(items))]
+    rejection = None
+    if plan.early_rejection is not None:
+
+        async def score_partial(texts: list[str]) -> list[float]:
+            return [s.value for s in await served.scorer.score([(plan.messages, t) for t in texts])]
+
+        rejection = EarlyRejection(*plan.early_rejection, score=score_partial)
+    # Candidates handed over as they finish are scored while the others decode (the vllm backend), so that
+    # scoring hides behind decoding; the rest are scored in one batch once all are done.
+    early: dict[int, asyncio.Future[list[Score]]] = {}
+
+    def finished(index: int, candidate: Candidate) -> None:
+        early[index] = asyncio.ensure_future(served.scorer.score([(plan.messages, candidate.text)]))
+
+    try:
+        generation = await entry.backend.generate(plan.messages, plan.samples, plan.params, plan.seed,
+                                                  watcher.cancelled, rejection, None if rejection else finished)
+        sampled = time.perf_counter()
+        late = [i for i in range(len(generation.candidates)) if i not in early]
+        batch = served.scorer.score([(plan.messages, generation.candidates[i].text) for i in late])
+        scores = dict(zip(late, await watcher.until_gone(batch), strict=True)) if late else {}
+        for i, future in early.items():
+            (scores[i],) = await watcher.until_gone(future)
+    finally:
+        for future in early.values():
+            future.cancel()
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved, so a failure already raised is not reported twice
+    rewards = [scores[i].value for i in range(len(generation.candidates))]
     scored = time.perf_counter()
-    chosen = select(plan.selection, [c.text for c in generation.candidates], rewards, plan.n,
-                    temperature=plan.selection_temperature, rng=random.Random(plan.seed))
+    chosen = choose(plan, [c.text for c in generation.candidates], rewards)
     timings = p.BonTimings(queue_seconds=queue_seconds, sample_seconds=sampled - started,
                            score_seconds=scored - sampled, total_seconds=time.perf_counter() - arrived)
     return Outcome(plan, entry.version, served.reward.version, generation, rewards, chosen, timings)
@@ -252,11 +343,24 @@ def _bon_info(o: Outcome) -> p.BonInfo:
         candidates = [p.BonCandidate(index=i, text=c.text, reward=r, finish_reason=c.finish_reason, tokens=c.tokens)
                       for i, (c, r) in enumerate(zip(o.generation.candidates, o.rewards, strict=True))]
     return p.BonInfo(policy=o.plan.policy, policy_version=o.policy_version, reward_model_version=o.reward_version,
-                     best_of=o.plan.best_of, selection=o.plan.selection, seed=o.plan.seed,
+                     best_of=o.plan.samples, selection=o.plan.selection, seed=o.plan.seed,
                      rewards=[o.rewards[i] for i in o.chosen], candidate_indices=o.chosen,
                      reward_mean=sum(o.rewards) / len(o.rewards),
-                     candidate_tokens=sum(c.tokens for c in o.generation.candidates),
+                     candidate_tokens=_generated_tokens(o.generation), early_rejection=_rejection_info(o),
                      candidates=candidates, timings=o.timings, guard_reward=o.guard_reward)
+
+
+def _generated_tokens(g: Generation) -> int:
+    """Every token the request cost: its candidates', and those of the candidates early rejection cut."""
+    return sum(c.tokens for c in g.candidates) + sum(g.rejected_tokens)
+
+
+def _rejection_info(o: Outcome) -> p.BonEarlyRejection | None:
+    if o.plan.early_rejection is None:
+        return None
+    after_tokens, kept = o.plan.early_rejection
+    return p.BonEarlyRejection(after_tokens=after_tokens, started=o.plan.samples, kept=len(o.generation.candidates),
+                               cut_tokens=o.generation.rejected_tokens)
 
 
 def _usage(o: Outcome) -> p.Usage:
@@ -330,30 +434,37 @@ def _record(state: ServerState, o: Outcome, arrived: float) -> None:
     best = o.rewards[o.chosen[0]]
     policy = {"policy": plan.policy, "version": o.policy_version}
     both = {**policy, "reward_version": o.reward_version}
-    m.request_duration.labels(**policy, best_of=str(plan.best_of)).observe(time.perf_counter() - arrived)
+    m.request_duration.labels(**policy, best_of=str(plan.samples)).observe(time.perf_counter() - arrived)
     m.queue_wait.observe(o.timings.queue_seconds)
     m.sample_duration.labels(**policy).observe(o.timings.sample_seconds)
     m.score_duration.labels(reward_version=o.reward_version).observe(o.timings.score_seconds)
     m.requests.labels(**both, endpoint=plan.endpoint).inc()
     m.candidates.labels(**policy).inc(len(o.generation.candidates))
-    m.tokens.labels(**policy).inc(sum(c.tokens for c in o.generation.candidates))
+    m.tokens.labels(**policy).inc(_generated_tokens(o.generation))
     m.prompt_tokens.labels(**policy).inc(o.generation.prompt_tokens)
     m.selected_reward.labels(**both).observe(best)
     m.reward_gain.labels(**both).observe(best - sum(o.rewards) / len(o.rewards))
     if o.guard_reward is not None:
         guarded = {"policy": plan.policy, "version": o.policy_version, "reward_version": o.reward_version,
-                   "best_of": str(plan.best_of)}
+                   "best_of": str(plan.samples)}
         m.guard_reward.labels(**guarded).observe(o.guard_reward)
         m.guard_gap.labels(**guarded).observe(best - o.guard_reward)
 
 
 @contextmanager
-def backend_errors(state: ServerState, param: str) -> Iterator[None]:
+def backend_errors(state: ServerState, param: str, watcher: DisconnectWatcher | None = None) -> Iterator[None]:
     """What the backends raise for a request, as the API answers it (every endpoint that samples or scores);
-    `param` names the request's field that a too-long input came in."""
+    `param` names the request's field that a too-long input came in; `watcher`, the request's own, tells a
+    request stopped at its deadline (408) from one whose client went away (499)."""
     try:
         yield
-    except Cancelled:
+    except Cancelled as exc:
+        if watcher is not None and watcher.expired() and not watcher.gone.is_set():
+            state.metrics.cancelled_tokens.labels(reason="timeout").inc(exc.tokens)
+            log.info("request past its time limit of %g s; generation and scoring of it stopped", watcher.timeout_s)
+            raise APIError(408, f"the request did not finish within its time limit of {watcher.timeout_s:g} s (the "
+                           "server's, or the client's own timeout where shorter)", code="timeout") from None
+        state.metrics.cancelled_tokens.labels(reason="client_closed").inc(exc.tokens)
         state.metrics.cancelled.inc()
         log.info("client went away; generation and scoring of its request stopped")
         raise APIError(499, "the client closed the request", code="client_closed") from None
@@ -382,7 +493,7 @@ async def guard(state: ServerState, o: Outcome) -> Outcome:
     started = time.perf_counter()
     answer = o.generation.candidates[o.chosen[0]].text
     try:
-        (score,) = await asyncio.to_thread(state.guard.score_batch, [(o.plan.messages, answer)])
+        (score,) = await state.score_guard([(o.plan.messages, answer)])
         require_finite(score)
     except Exception:
         log.exception("the guard failed to score an answer; it goes out unguarded")
@@ -396,25 +507,24 @@ async def handle(state: ServerState, request: Request, endpoint: Endpoint) -> Re
     settings = state.settings
     authorize(request, settings.api_keys)
     require_ready(state)
-    req = await parse_body(request, p.ChatCompletionRequest if endpoint == "chat" else p.CompletionRequest,
-                           settings.max_body_bytes)
+    req = await parse_body(request, p.ChatCompletionRequest if endpoint == "chat" else p.CompletionRequest, settings)
     # This request's models, whatever is swapped in meanwhile; leased before the next await, so a swap closes
     # them only after this request is done with them.
     served = require_ready(state)
     request.state.access["policy"] = req.model
     entry = lookup(served, req.model)
-    with state.leases.hold(entry.backend, served.reward), backend_errors(state, PROMPT_PARAM[endpoint]):
+    watcher = DisconnectWatcher(request, request_timeout(request, settings), since=arrived)
+    with state.leases.hold(entry.backend, served.reward), backend_errors(state, PROMPT_PARAM[endpoint], watcher):
         plan = plan_request(req, endpoint, entry, settings)
         request.state.access["best_of"] = plan.best_of
         check_prompt_chars(entry, plan, settings)
-        async with DisconnectWatcher(request) as watcher, \
-                state.admission.slot(watcher.until_gone) as queue_seconds:
+        async with watcher, state.admission.slot(watcher.until_gone, cost=plan.cost) as queue_seconds:
             # Tokenizing inside a slot and off the event loop: at most max_in_flight prompts at once, and
             # /health and every other request keep being answered meanwhile.
             await asyncio.to_thread(check_prompt_length, entry, plan, settings)
             outcome = await best_of_n(served, entry, plan, watcher, arrived, queue_seconds)
-    if state.guard is not None:
-        outcome = await guard(state, outcome)
+            if state.guard is not None:  # in the slot too: admission bounds the guard's work like the rest
+                outcome = await guard(state, outcome)
     _record(state, outcome, arrived)
     if plan.stream:
         return StreamingResponse(stream_events(outcome), media_type="text/event-stream",

@@ -110,9 +110,21 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(64, ge=1, description="max_tokens of a request that sets none")
     max_prompt_tokens: int = Field(1024, ge=1, description="longest prompt, in the policy's tokens")
     max_body_bytes: int = Field(1 << 20, ge=1, description="largest request body, checked before parsing")
+    body_read_timeout_s: float = Field(30.0, gt=0, description="longest a request's body may take to arrive, from "
+                                       "its headers on; a slower one is answered 408 (uvicorn sets no limit)")
     max_in_flight: int = Field(8, ge=1, description="requests sampled or scored at once")
     max_queue: int = Field(64, ge=0, description="requests waiting for a slot; more are answered 429")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 429")
+    max_inflight_tokens: int | None = Field(
+        None, ge=1, description="admission budget, in completion tokens: a request holds the most it may generate, "
+        "best_of × max_tokens (1 × max_tokens at temperature 0), while it runs; one that does not fit beside those in "
+        "flight waits in the queue, one larger than the whole budget is refused (400); prompt tokens are not counted. "
+        "Unset: max_best_of × max_tokens, the largest request alone")
+    request_timeout_s: float = Field(600.0, gt=0, description="longest a completion may take from its arrival, "
+                                     "queueing included (a client's shorter timeout, as the openai clients send it in "
+                                     "X-Stainless-Read-Timeout, wins); past it the work stops and the answer is 408")
+    shutdown_grace_s: float = Field(25.0, ge=0, description="on SIGTERM, how long the requests in flight and queued "
+                                    "may take to finish while new ones are answered 503, before the server exits")
     limit_concurrency: int | None = Field(None, ge=1, description="open connections uvicorn keeps before it answers "
                                           "503 to new requests; unset: max_in_flight + max_queue + 64")
     timeout_keep_alive_s: int = Field(5, ge=1, description="seconds an idle keep-alive connection stays open")
@@ -128,6 +140,10 @@ class Settings(BaseSettings):
             raise ValueError("default_best_of cannot exceed max_best_of")
         if self.default_max_tokens > self.max_tokens:
             raise ValueError("default_max_tokens cannot exceed max_tokens")
+        default_cost = max(p.best_of or 0 for p in self.resolved_policies().values()) * self.default_max_tokens
+        if default_cost > self.inflight_token_budget():
+            raise ValueError(f"max_inflight_tokens ({self.max_inflight_tokens}) is below a default request's cost, "
+                             f"best_of × default_max_tokens ({default_cost}): it could never run")
         for name, policy in self.resolved_policies().items():
             if policy.backend == "openai" and not policy.base_urls:
                 raise ValueError(f"policy {name}: the openai backend needs base URLs (--openai-base-url)")
@@ -144,6 +160,10 @@ class Settings(BaseSettings):
                              "(--api-key KEY, or BON_API_KEYS='[\"KEY\"]'), or pass --allow-open (BON_ALLOW_OPEN=1) "
                              "to serve it to anyone who can reach the port")
         return self
+
+    def inflight_token_budget(self) -> int:
+        """`max_inflight_tokens`, or its default when unset."""
+        return self.max_inflight_tokens or self.max_best_of * self.max_tokens
 
     def resolved_policies(self) -> dict[str, PolicyConfig]:
         """The policies to serve with every default filled in."""

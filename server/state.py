@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -27,7 +28,7 @@ from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-NotReady = Literal["loading", "loading_failed", "warmup_failed"]
+NotReady = Literal["loading", "loading_failed", "warmup_failed", "scorer_failed", "shutting_down"]
 
 WARMUP_MESSAGES = ({"role": "user", "content": "Hello! Can you suggest something fun to do today?"},)
 
@@ -163,7 +164,8 @@ class ServerState:
         self.settings = settings
         self.metrics = Metrics()
         self.leases = Leases(self.metrics)
-        self.admission = Admission(settings.max_in_flight, settings.max_queue, settings.retry_after_s, self.metrics)
+        self.admission = Admission(settings.max_in_flight, settings.max_queue, settings.inflight_token_budget(),
+                                   settings.retry_after_s, self.metrics)
         self.served: Served | None = None
         """None until loaded and warmed up; then replaced as a whole, never mutated."""
         self.reason: NotReady = "loading"
@@ -173,10 +175,29 @@ class ServerState:
         and URLs."""
         self.guard: RewardBackend | None = None
         """The held-out reward scoring each chosen answer (`--guard`); loaded at start, never swapped."""
+        # One thread for the guard: a model and its tokenizer are not safe to share between threads.
+        self._guard_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard")
+        self.shutting_down = False
+        """Set on SIGTERM: the requests in flight finish, new ones are refused (`unready`)."""
 
     @property
     def ready(self) -> bool:
         return self.served is not None
+
+    def unready(self) -> tuple[NotReady, str | None] | None:
+        """Why the server takes no requests now, and the failure behind it when one is known; None when it does."""
+        if self.shutting_down:
+            return "shutting_down", None
+        if self.served is None:
+            return self.reason, self.error
+        if self.served.scorer.failure is not None:
+            return "scorer_failed", self.served.scorer.failure
+        return None
+
+    async def score_guard(self, items: Sequence[ScoreItem]) -> list[Score]:
+        """The guard's scores of `items`, on its own thread (calls queue there, one at a time)."""
+        assert self.guard is not None
+        return await asyncio.get_running_loop().run_in_executor(self._guard_thread, self.guard.score_batch, items)
 
     def make_scorer(self, reward: RewardBackend) -> MicroBatcher[ScoreItem, Score]:
         def on_batch(size: int, seconds: float) -> None:
@@ -188,7 +209,7 @@ class ServerState:
         scorer: MicroBatcher[ScoreItem, Score] = MicroBatcher(
             reward.score_batch, max_batch=settings.rm_max_batch, max_wait_s=settings.rm_max_wait_ms / 1000,
             max_pending=(settings.max_in_flight + 1) * settings.max_best_of, on_batch=on_batch,
-            check=require_finite)
+            check=require_finite, on_restart=self.metrics.rm_worker_restarts.inc)
         scorer.start()
         return scorer
 
@@ -221,6 +242,7 @@ class ServerState:
                  {name: e.version for name, e in policies.items()}, reward.version)
 
     async def stop(self) -> None:
+        self._guard_thread.shutdown(wait=False, cancel_futures=True)
         if self.guard is not None:
             self.guard.close()
         if self.served is not None:

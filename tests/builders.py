@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -23,12 +24,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 from common.servers import Server, free_port, start_server
 from models.checkpoint import MANIFEST, read_manifest, write_checkpoint
+from models.registry import Registry
+from server import protocol
 from training.rm_config import RMConfig
 from training.sft_config import ModelShape, SFTConfig
 from training.tokenizer import train_tokenizer
@@ -278,9 +283,6 @@ def build_swap_root(tiny: Path, root: Path) -> Path:
 # Server processes, started on a free port as users start them.
 
 SERVE = (sys.executable, "-m", "server")
-BON_SERVE = (sys.executable, "-m", "bon.cli", "serve")
-VLLM_SERVE = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
-"""vLLM's own OpenAI server, as `vllm serve` starts it (the CPU build's `vllm` console script is broken)."""
 
 
 
@@ -315,6 +317,39 @@ BROKEN_ADMIN_KEY = "admin-test-key"
 STRICT_ARGS = ("--api-key", API_KEY, "--max-in-flight", "1", "--max-queue", "1", "--max-prompt-tokens", "32",
                "--max-body-bytes", "4096", "--retry-after-s", "2")
 """API keys, one request in flight, a queue of one, short prompts and small bodies."""
+GUARDED_ADMIN_KEY = "admin-guarded-key"
+BODY_READ_TIMEOUT_S = 2.0
+
+
+def guarded_args(checkpoints: Path) -> tuple[str, ...]:
+    """Both keys, a short body-read deadline, and limits that keep any request cheap (two candidates of at most
+    four tokens): the server the fuzzer, the auth test and the slow-body test call. The policy and the RM are named
+    by path, so the checkpoint root (the launch's) can stay empty and no admin load the fuzzer sends can swap them."""
+    return ("--api-key", API_KEY, "--admin-key", GUARDED_ADMIN_KEY, "--policy", f"sft={checkpoints / 'sft'}",
+            "--reward", str(checkpoints / "rm"), "--body-read-timeout-s", str(BODY_READ_TIMEOUT_S),
+            "--max-best-of", "2", "--default-best-of", "2", "--max-n", "2", "--max-tokens", "4",
+            "--default-max-tokens", "4", "--max-prompt-tokens", "64", "--max-body-bytes", "4096")
+
+
+# Request bodies for property tests: any JSON value, and valid requests with some fields replaced by any JSON.
+
+CHAT_BODY = {"model": "sft", "messages": [{"role": "user", "content": "What can I do with my teddy bear today?"}]}
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                                        max_size=4), max_leaves=12)
+
+
+@st.composite
+def near_valid_bodies(draw: st.DrawFn) -> dict:
+    """A body every request model accepts (chat, legacy completion, classify) with up to three fields, theirs,
+    OpenAI's unsupported ones or any name, set to any JSON value."""
+    answer = {"role": "assistant", "content": "Play a quiet game."}
+    body = {**CHAT_BODY, "prompt": "hi", "messages": [*CHAT_BODY["messages"], answer]}
+    fields = sorted({*protocol.ChatCompletionRequest.model_fields, *protocol.CompletionRequest.model_fields,
+                     *protocol.UNSUPPORTED_FIELDS})
+    for field in draw(st.lists(st.sampled_from(fields) | st.text(max_size=8), max_size=3)):
+        body[field] = draw(JSON_VALUES)
+    return body
 
 
 def two_policy_config(checkpoints: Path, directory: Path) -> Path:
@@ -379,3 +414,84 @@ async def wait_until_async(predicate: Callable[[], object], timeout_s: float = 1
     while not predicate():
         assert time.monotonic() < deadline, f"waited {timeout_s} s for {what}"
         await asyncio.sleep(POLL_S)
+
+
+# Trainers killed mid-run: `bon train` as a process, SIGKILLed at a chosen moment, its checkpoint root read back.
+
+
+def run_state(out: Path) -> Path:
+    """The resume state `bon train` keeps while it trains the checkpoint `out` (`<root>/.runs/<name>`)."""
+    return out.parent / ".runs" / out.name / "state.json"
+
+
+def checkpoint_being_written(out: Path) -> bool:
+    """Whether the checkpoint `out` is half-written: its hidden temporary sibling is there and `out` is not yet."""
+    return not out.exists() and out.parent.is_dir() and any(
+        p.name.startswith(f".{out.name}.tmp-") for p in out.parent.iterdir())
+
+
+def registry_view(root: Path) -> dict[str, bool]:
+    """What the checkpoint registry lists under `root`: each checkpoint's name, and whether it validates (every
+    file hashed, as before a load)."""
+    return {info.name: bool(info.valid) for info in Registry(root).list(verify_hashes=True)}
+
+
+@dataclasses.dataclass
+class KilledRun:
+    """What a SIGKILL left on disk."""
+
+    step: int
+    """The step of the resume state it left."""
+    listed: dict[str, bool]
+    """What the registry listed under the checkpoint's root right after the kill (`registry_view`)."""
+    half_written: bool
+    """Whether it left the checkpoint half-written (`checkpoint_being_written`)."""
+
+
+KILL_MOMENTS: dict[str, Callable[[Path], bool]] = {
+    "first-save": lambda out: run_state(out).is_file(),
+    "checkpoint-write": checkpoint_being_written,
+}
+"""When `kill_training` kills a run that writes the checkpoint `out`: as soon as its first resume state is
+saved (mid-training), or while it writes the checkpoint itself (after its last resume save)."""
+KILLS = [pytest.param("first-save"), pytest.param("checkpoint-write", marks=pytest.mark.slow)]
+"""The moments each trainer's kill test takes: the first in `make test`, the other in `make test-slow`."""
+
+
+def kill_training(method: str, cfg: object, moment: str, log: Path, timeout_s: float = 180) -> KilledRun:
+    """Start `bon train METHOD` as users do, SIGKILL it at `moment` (a key of `KILL_MOMENTS`), read what it left.
+
+    Fails when the run ended on its own first, or left no resume state; its output is in `log`.
+    """
+    out = Path(cfg.out)  # type: ignore[attr-defined]
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as output:
+        proc = subprocess.Popen([sys.executable, "-m", "bon.cli", "train", method, *config_flags(cfg)], env=env,
+                                cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: KILL_MOMENTS[moment](out) or proc.poll() is not None, timeout_s, f"the {moment}")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    tail = log.read_text(errors="replace")[-3000:]
+    assert proc.returncode == -signal.SIGKILL, f"`bon train {method}` ended ({proc.returncode}) before the {moment}:" \
+                                               f"\n{tail}"
+    assert run_state(out).is_file(), f"`bon train {method}` left no resume state:\n{tail}"
+    return KilledRun(step=json.loads(run_state(out).read_text())["step"], listed=registry_view(out.parent),
+                     half_written=checkpoint_being_written(out))
+
+
+def train_watching_registry(train: Callable[[], object], root: Path) -> None:
+    """`train()` while the registry lists `root` every 50 ms; fails if it ever lists a checkpoint that does not
+    validate (a half-written one)."""
+    with Sampler(lambda: float(sum(not valid for valid in registry_view(root).values())), every_s=0.05) as watch:
+        train()
+    assert watch.readings and watch.peak() == 0, "the registry listed a checkpoint that does not validate"
+
+
+def assert_same_weights(a: Path, b: Path, atol: float) -> None:
+    """The two checkpoints hold the same tensors, equal within `atol`."""
+    mine, theirs = load_file(str(a / WEIGHTS)), load_file(str(b / WEIGHTS))
+    assert mine.keys() == theirs.keys()
+    for name, value in theirs.items():
+        torch.testing.assert_close(mine[name], value, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.servers import Server, free_port
+from common.servers import BON_SERVE, Server, free_port
 from tests.builders import (
     API_KEY,
-    BON_SERVE,
     BROKEN_ADMIN_KEY,
     MAIN_ARGS,
     STRICT_ARGS,
     build_swap_root,
     build_tiny_checkpoints,
     front_args,
+    guarded_args,
     launch_server,
     poisoned_copy,
     tampered_copy,
@@ -107,7 +107,7 @@ def servers(tiny_checkpoints: Path, log_dir: Path, tmp_path_factory: pytest.Temp
             unused_url: str) -> Iterator[dict[str, Server]]:
     """Every server the server tests use, started together (process start-up dominates): main; strict,
     configured by a file; broken, which never gets ready; front, which serves through main; poisoned, whose RM
-    scores NaN for some items."""
+    scores NaN for some items; guarded, with both keys and a short body-read deadline, for the fuzzer."""
     broken_root = tampered_copy(tiny_checkpoints, tmp_path_factory.mktemp("tampered"))
     poisoned_root = poisoned_copy(tiny_checkpoints, tmp_path_factory.mktemp("poisoned"))
     main = launch_server(tiny_checkpoints, log_dir, *MAIN_ARGS)
@@ -116,7 +116,9 @@ def servers(tiny_checkpoints: Path, log_dir: Path, tmp_path_factory: pytest.Temp
                                                       str(config)),
                 "broken": launch_server(broken_root, log_dir, "--admin-key", BROKEN_ADMIN_KEY, command=BON_SERVE),
                 "front": launch_server(tiny_checkpoints, log_dir, *front_args(main, unused_url)),
-                "poisoned": launch_server(poisoned_root, log_dir, *MAIN_ARGS)}
+                "poisoned": launch_server(poisoned_root, log_dir, *MAIN_ARGS),
+                "guarded": launch_server(tmp_path_factory.mktemp("empty-root"), log_dir,
+                                         *guarded_args(tiny_checkpoints))}
     try:
         yield launched
     finally:
@@ -150,6 +152,12 @@ def front(servers: dict[str, Server]) -> Server:
 def poisoned(servers: dict[str, Server]) -> Server:
     """The main server's settings, with an RM that scores NaN for any item holding `POISON`."""
     return servers["poisoned"].wait()
+
+
+@pytest.fixture(scope="session")
+def guarded(servers: dict[str, Server]) -> Server:
+    """API and admin keys (`API_KEY`, `GUARDED_ADMIN_KEY`), `BODY_READ_TIMEOUT_S`, cheap requests only."""
+    return servers["guarded"].wait()
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from bon.cli import main
-from common.servers import Server
-from tests.builders import VLLM_SERVE, launch_server
+from common.servers import VLLM_SERVE, Server
+from tests.builders import launch_server
 
 pytestmark = pytest.mark.vllm
 

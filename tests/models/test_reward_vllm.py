@@ -39,11 +39,11 @@ import pytest
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from common.servers import Server
+from common.servers import VLLM_SERVE, Server
 from models.interface import RewardSpec, ScoreItem, activate, classify_activation
 from models.reward_hf import HFReward
 from models.reward_remote import RemoteReward
-from tests.builders import VLLM_SERVE, launch_server
+from tests.builders import launch_server
 
 pytestmark = pytest.mark.vllm
 

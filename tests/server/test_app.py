@@ -81,10 +81,15 @@ def test_the_same_seed_gives_the_same_answer(server):
     assert other[1] != first[1]
 
 
-def test_greedy_decoding_gives_identical_candidates(server):
-    r = client(server).chat.completions.create(model="sft", messages=PROMPT, max_tokens=10, temperature=0,
-                                               extra_body={"best_of": 3, "return_candidates": True})
-    assert len({c["text"] for c in r.model_extra["bon"]["candidates"]}) == 1
+def test_greedy_decoding_samples_once_and_returns_n_copies(server):
+    """At temperature 0 every candidate would be the same: one is sampled and scored, and returned n times."""
+    r = client(server).chat.completions.create(model="sft", messages=PROMPT, max_tokens=10, temperature=0, n=3,
+                                               extra_body={"best_of": 8, "return_candidates": True})
+    bon = r.model_extra["bon"]
+    (candidate,) = bon["candidates"]
+    assert bon["best_of"] == 1 and bon["candidate_indices"] == [0, 0, 0] and len(set(bon["rewards"])) == 1
+    assert [c.message.content for c in r.choices] == [candidate["text"]] * 3
+    assert bon["candidate_tokens"] == candidate["tokens"] and r.usage.completion_tokens == 3 * candidate["tokens"]
 
 
 def test_stop_strings_cut_the_text(server):

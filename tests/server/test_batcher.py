@@ -1,11 +1,17 @@
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
+import httpx
 import pytest
 
-from models.interface import BackendError, Score, require_finite
+from models.interface import BackendError, RewardBackend, Score, ScoreItem, require_finite
+from server.app import create_app
 from server.batcher import BatcherFull, MicroBatcher
+from server.settings import Settings
+from server.state import Served
 
 
 class Recorder:
@@ -183,3 +189,103 @@ def test_score_needs_a_running_batcher():
             await batcher.score(["x"])
 
     asyncio.run(body())
+
+
+class OwnLoopScorer:
+    """A scoring function that runs an event loop of its own, as the remote reward backend does, and whose call is
+    cancelled there for any batch holding `fatal`: the `CancelledError` it raises is no `Exception`, so it escapes
+    the worker's error handling and kills the worker."""
+
+    def __init__(self, fatal: str = "crash"):
+        self.fatal = fatal
+
+    def __call__(self, items: list[str]) -> list[float]:
+        async def call() -> list[float]:
+            if self.fatal in items:
+                asyncio.current_task().cancel()
+            await asyncio.sleep(0)
+            return [float(len(x)) for x in items]
+
+        return asyncio.run(call())
+
+
+def test_a_worker_that_dies_is_started_again_and_only_its_batch_fails():
+    restarts: list[None] = []
+
+    async def body(batcher):
+        # One job per batch: the first kills the worker, the second waits meanwhile and is scored after the restart.
+        died, waited = await asyncio.wait_for(asyncio.gather(batcher.score(["crash"]), batcher.score(["waits"]),
+                                                             return_exceptions=True), 10)
+        return died, waited, await asyncio.wait_for(batcher.score(["fine"]), 10)
+
+    (died, waited, after), sizes = asyncio.run(_with_batcher(OwnLoopScorer(), body, max_batch=1, max_wait_s=0.0,
+                                                             on_restart=lambda: restarts.append(None)))
+    assert isinstance(died, BackendError) and died.role == "reward" and "CancelledError" in str(died)
+    assert waited == [5.0] and after == [4.0] and sizes == [1, 1]
+    assert len(restarts) == 1
+
+
+def test_a_worker_that_keeps_dying_is_given_up_and_says_why():
+    restarts: list[None] = []
+
+    async def body(batcher):
+        for _ in range(3):
+            with pytest.raises(BackendError, match="worker died while scoring"):
+                await asyncio.wait_for(batcher.score(["crash"]), 10)
+        assert batcher.failure is not None and "died 3 times in 60 s" in batcher.failure
+        with pytest.raises(BackendError, match="micro-batcher is down"):
+            await batcher.score(["fine"])
+
+    asyncio.run(_with_batcher(OwnLoopScorer(), body, max_batch=1, max_wait_s=0.0, max_restarts=2,
+                              on_restart=lambda: restarts.append(None)))
+    assert len(restarts) == 2
+
+
+class DyingReward:
+    """The served reward model, scored by a function that dies like `OwnLoopScorer` for any answer holding its
+    `fatal` text."""
+
+    def __init__(self, reward: RewardBackend):
+        self.reward = reward
+        self.version, self.activation, self.label = reward.version, reward.activation, reward.label
+        self.max_length = reward.max_length
+        self._dies = OwnLoopScorer()
+
+    def score_batch(self, items: Sequence[ScoreItem]) -> list[Score]:
+        self._dies([answer for _, answer in items])
+        return self.reward.score_batch(items)
+
+    def close(self) -> None:
+        self.reward.close()
+
+
+def test_ready_fails_with_a_reason_once_the_batcher_is_given_up(tiny_checkpoints: Path):
+    """Each death is a 502 for the request whose batch it was, and a restart; past `max_restarts` (5) the server
+    says it is not ready, and why, until it is restarted."""
+    admin = {"Authorization": "Bearer admin-key"}
+
+    async def scenario() -> tuple[list[int], httpx.Response, httpx.Response, httpx.Response, str]:
+        app = create_app(Settings(checkpoints=tiny_checkpoints, admin_key="admin-key", default_max_tokens=4))
+        state = app.state.bon
+        await state.start()
+        served = state.served
+        dying = DyingReward(served.reward)
+        state.switch(Served(served.policies, dying, state.make_scorer(dying)))
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bon",
+                                         timeout=60) as c:
+                classify = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "crash"}]}
+                statuses = [(await c.post("/classify", json=classify)).status_code for _ in range(6)]
+                chat = await c.post("/v1/chat/completions",
+                                    json={"model": "sft", "messages": [{"role": "user", "content": "Hi"}]})
+                return (statuses, await c.get("/ready"), await c.get("/ready", headers=admin), chat,
+                        (await c.get("/metrics")).text)
+        finally:
+            await state.stop()
+
+    statuses, ready, detailed, chat, metrics = asyncio.run(scenario())
+    assert statuses == [502] * 6
+    assert ready.status_code == 503 and "(scorer_failed)" in ready.json()["error"]["message"]
+    assert "died 6 times in 60 s" in detailed.json()["error"]["message"]
+    assert chat.status_code == 503 and chat.json()["error"]["code"] == "not_ready" and "retry-after" in chat.headers
+    assert "bon_rm_worker_restarts_total 5.0" in metrics

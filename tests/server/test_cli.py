@@ -5,9 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import uvicorn
 
 from server.cli import add_arguments, main, serve
 from server.settings import ConfigError
+from server.shutdown import GracefulServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,25 +40,28 @@ def test_serve_raises_a_config_error_that_only_the_entry_points_turn_into_an_exi
         main(["--policy-backend", "openai"])
 
 
-def _serve_until_uvicorn(tiny_checkpoints, monkeypatch, flags: list[str]) -> dict:
-    """`serve` with these flags up to the point where it hands the app to uvicorn: uvicorn's options."""
-    import uvicorn
+def _serve_until_uvicorn(tiny_checkpoints, monkeypatch, flags: list[str]) -> uvicorn.Config:
+    """`serve` with these flags up to the point where it starts uvicorn's server: uvicorn's config."""
+    launched: list[uvicorn.Config] = []
 
-    launched: dict = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: launched.update(options))
+    def run(server: GracefulServer, sockets: object = None) -> None:
+        launched.append(server.config)
+        server.started = True
+
+    monkeypatch.setattr(GracefulServer, "run", run)
     monkeypatch.setenv("BON_CHECKPOINTS", str(tiny_checkpoints))
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     serve(parser.parse_args(flags))
-    return launched
+    return launched[0]
 
 
 def test_uvicorn_bounds_open_connections_and_idle_keep_alive(tiny_checkpoints, monkeypatch):
     launched = _serve_until_uvicorn(tiny_checkpoints, monkeypatch, ["--max-in-flight", "2", "--max-queue", "3"])
-    assert (launched["limit_concurrency"], launched["timeout_keep_alive"]) == (2 + 3 + 64, 5)
+    assert (launched.limit_concurrency, launched.timeout_keep_alive) == (2 + 3 + 64, 5)
     launched = _serve_until_uvicorn(tiny_checkpoints, monkeypatch, ["--limit-concurrency", "10",
                                                                     "--timeout-keep-alive-s", "2"])
-    assert (launched["limit_concurrency"], launched["timeout_keep_alive"]) == (10, 2)
+    assert (launched.limit_concurrency, launched.timeout_keep_alive) == (10, 2)
 
 
 def test_invalid_settings_are_reported_without_the_keys():
@@ -77,6 +82,6 @@ def test_a_public_address_without_an_api_key_exits_before_listening(tmp_path):
 
 def test_a_public_address_starts_with_an_api_key_or_allow_open(tiny_checkpoints, monkeypatch):
     for flags in (["--api-key", "sk-k"], ["--allow-open"]):
-        assert _serve_until_uvicorn(tiny_checkpoints, monkeypatch, ["--host", "0.0.0.0", *flags])["host"] == "0.0.0.0"
+        assert _serve_until_uvicorn(tiny_checkpoints, monkeypatch, ["--host", "0.0.0.0", *flags]).host == "0.0.0.0"
     monkeypatch.setenv("BON_ALLOW_OPEN", "1")
-    assert _serve_until_uvicorn(tiny_checkpoints, monkeypatch, ["--host", "0.0.0.0"])["host"] == "0.0.0.0"
+    assert _serve_until_uvicorn(tiny_checkpoints, monkeypatch, ["--host", "0.0.0.0"]).host == "0.0.0.0"

@@ -3,8 +3,10 @@ it, and the selecting RM's reward minus it, on /metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -14,9 +16,11 @@ from pydantic import ValidationError
 
 import world
 from common.servers import Server
-from models.interface import RewardSpec
+from models.interface import RewardSpec, Score, ScoreItem
 from models.loader import load_reward
 from models.reward_judge import JudgeReward
+from server.admission import Admission
+from server.app import create_app
 from server.settings import Settings
 from server.state import load_guard
 from tests.builders import launch_server
@@ -116,3 +120,54 @@ def test_the_selecting_rm_as_its_own_guard_leaves_no_gap(guarded: dict[str, Serv
         assert bon["guard_reward"] == pytest.approx(bon["rewards"][0], abs=1e-4)
     gap = _buckets(server, "bon_guard_gap", policy="sft")
     assert gap[-0.5] == 0 and gap[0.5] == gap[math.inf] == len(PROMPTS)
+
+
+class OverlapWatch(JudgeReward):
+    """The gold judge, recording how many of its calls overlap and how many requests held a slot during each. A
+    call waits a little for another one to join it, so that calls made from two threads at once are caught."""
+
+    def __init__(self, admission: Admission):
+        super().__init__()
+        self.admission = admission
+        self.slots_held: list[int] = []
+        self.most_at_once = 0
+        self._active = 0
+        self._lock = threading.Lock()
+        self._joined = threading.Event()
+
+    def score_batch(self, items: Sequence[ScoreItem]) -> list[Score]:
+        with self._lock:
+            self._active += 1
+            self.most_at_once = max(self.most_at_once, self._active)
+            if self._active > 1:
+                self._joined.set()
+            self.slots_held.append(self.admission.in_flight)
+        self._joined.wait(0.2)
+        try:
+            return super().score_batch(items)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+
+def test_the_guard_runs_in_the_requests_slot_one_call_at_a_time(tiny_checkpoints: Path):
+    async def scenario() -> tuple[OverlapWatch, list[httpx.Response]]:
+        app = create_app(Settings(checkpoints=tiny_checkpoints, guard="judge", max_in_flight=4, default_best_of=2,
+                                  default_max_tokens=6))
+        state = app.state.bon
+        await state.start()
+        state.guard = watch = OverlapWatch(state.admission)
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bon",
+                                         timeout=60) as c:
+                body = {"model": "sft", "messages": [{"role": "user", "content": PROMPTS[0]}]}
+                alone = await c.post("/v1/chat/completions", json=body)
+                together = await asyncio.gather(*(c.post("/v1/chat/completions", json=body) for _ in range(4)))
+                return watch, [alone, *together]
+        finally:
+            await state.stop()
+
+    watch, responses = asyncio.run(scenario())
+    assert all(r.status_code == 200 and r.json()["bon"]["guard_reward"] is not None for r in responses)
+    assert watch.slots_held[0] == 1  # the request alone still held its slot while the guard scored its answer
+    assert len(watch.slots_held) == 5 and min(watch.slots_held) >= 1 and watch.most_at_once == 1

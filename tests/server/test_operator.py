@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.builders import BON_SERVE, launch_server, wait_until
+from common.servers import BON_SERVE
+from tests.builders import launch_server, wait_until
 
 ASK = {"model": "sft", "messages": [{"role": "user", "content": "What can I do with my teddy bear today?"}],
        "best_of": 3, "max_tokens": 8}

@@ -138,6 +138,14 @@ def test_a_bad_answer_fails_over_to_the_next_replica(bad, wary, answer):
     assert [replica for replica, _ in calls(bad, prompt) if replica == "a"]
 
 
+def test_a_failing_replica_is_asked_first_by_every_other_request_not_by_all(bad, wary):
+    # Round robin takes one turn a request: a retry at b does not move the next request's start back onto a.
+    prompt = "turns a=500 b=ok"
+    for _ in range(6):
+        assert ask(wary, "pair", prompt).status_code == 200
+    assert [replica for replica, _ in calls(bad, prompt)].count("a") == 3
+
+
 @pytest.mark.parametrize("answer", ["huge", "notjson", "shape"])
 def test_a_bad_reward_answer_is_a_502(bad, wary, answer):
     failed(ask(wary, "pair", f"reward r={answer}"), 502, "the reward backend failed (request id wary-test)")

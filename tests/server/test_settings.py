@@ -89,3 +89,10 @@ def test_only_loopback_listens_without_an_api_key_or_allow_open():
             load_settings(host=host)
         assert load_settings(host=host, api_keys=["sk-k"]).host == host
         assert load_settings(host=host, allow_open=True).host == host
+
+
+def test_the_admission_budget_defaults_to_the_largest_request_and_must_hold_a_default_one():
+    assert Settings().inflight_token_budget() == 32 * 512  # max_best_of × max_tokens
+    assert _args("--max-inflight-tokens", "4096").max_inflight_tokens == 4096
+    with pytest.raises(ValidationError, match=r"best_of × default_max_tokens \(768\): it could never run"):
+        Settings(max_inflight_tokens=700, policies={"sft": {}, "big": {"best_of": 12}})

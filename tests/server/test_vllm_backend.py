@@ -9,6 +9,8 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.servers import Server
+from models.interface import RewardSpec
+from models.reward_hf import HFReward
 from tests.builders import Sampler, wait_until
 
 pytestmark = pytest.mark.vllm
@@ -139,3 +141,27 @@ def test_concurrent_requests_share_the_engine(vllm_server):
             thread.join()
     # One request puts its 4 candidates in the engine; more than 4 at once means requests are batched together.
     assert poller.peak() > 4
+
+
+def test_early_rejection_aborts_the_cut_candidates_in_the_engine(vllm_server):
+    before = scrape(vllm_server)
+    bon = chat(vllm_server, max_tokens=200, seed=4, ignore_eos=True, best_of=8, return_candidates=True,
+               early_rejection={"after_tokens": 4, "keep": 0.25})["bon"]
+    after = scrape(vllm_server)
+    cut = bon["early_rejection"]
+    assert (cut["started"], cut["kept"], len(cut["cut_tokens"])) == (8, 2, 6)
+    assert all(4 <= t < 200 for t in cut["cut_tokens"])
+    assert [c["tokens"] for c in bon["candidates"]] == [200, 200]
+    assert bon["candidate_tokens"] == 400 + sum(cut["cut_tokens"])
+    # Only the two kept candidates ran to max_tokens: the six cut ones were aborted inside the engine.
+    assert after["vllm:request_success_total/length"] == before["vllm:request_success_total/length"] + 2
+
+
+def test_candidates_scored_as_they_finish_keep_their_own_rewards(vllm_server, tiny_checkpoints):
+    # Scored one by one while the others decode: each reward must still be its own candidate's.
+    bon = chat(vllm_server, max_tokens=48, seed=9, best_of=12, return_candidates=True)["bon"]
+    candidates = bon["candidates"]
+    assert len({c["tokens"] for c in candidates}) > 1, "the candidates finished at different steps"
+    expected = HFReward.load(RewardSpec(path=tiny_checkpoints / "rm")).score_batch(
+        [(PROMPT, c["text"]) for c in candidates])
+    assert [c["reward"] for c in candidates] == pytest.approx([s.value for s in expected], abs=1e-4)
