@@ -120,6 +120,21 @@ def _loadtest(args: argparse.Namespace) -> None:
     _emit(args, run_cli(args), format_table)
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from bench.config import BenchConfig
+    from bench.report import format_report
+    from bench.run import run_bench
+
+    try:
+        cfg = _build_config(BenchConfig, args)
+    except ValueError as exc:
+        raise SystemExit(f"bon bench: {exc}") from None
+    summary = run_bench(cfg)
+    if args.json:  # the JSON object alone on stdout; the report still reaches a reader
+        print(format_report(summary), file=sys.stderr)
+    _emit(args, summary, format_report)
+
+
 def _serve(args: argparse.Namespace) -> None:
     from server.cli import serve
 
@@ -214,6 +229,14 @@ def _parser() -> argparse.ArgumentParser:
     lt = sub.add_parser("loadtest", help="load-test any OpenAI-compatible server: latency, throughput, cost vs N")
     add_arguments(lt)
     lt.set_defaults(func=_loadtest)
+
+    from bench.config import BenchConfig
+
+    bench = sub.add_parser("bench", help="Best-of-N latency against naive transformers and vLLM's n=N, throughput "
+                           "and memory; writes JSON and a plot to --out")
+    _field_flags(bench, BenchConfig)
+    bench.add_argument("--json", action="store_true", help="print the results' JSON object on stdout")
+    bench.set_defaults(func=_bench)
 
     from server.cli import add_arguments as add_serve_arguments
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.files import write_atomic
-from loadtest.report import _load_label, _log2_if_spread, png, write_json
+from loadtest.report import _load_label, log2_if_spread, png, write_json
 
 METRICS = ("sent", "answered", "errors", "latency_s_p50", "latency_s_p90", "latency_s_p95", "latency_s_p99",
            "ttft_s_p50", "throughput_rps", "generated_tokens_per_answer", "returned_tokens_per_answer",
@@ -112,7 +112,7 @@ def _plot(rows: list[dict[str, Any]], names: tuple[str, str], out: Path) -> Path
             line, = ax.plot(xs, [r["runs"][side]["latency_s_p50"] for r in row], "o-", label=f"{name} {load} p50")
             ax.plot(xs, [r["runs"][side]["latency_s_p95"] for r in row], "s--", color=line.get_color(), alpha=0.6,
                     label=f"{name} {load} p95")
-    _log2_if_spread(ax, [r["best_of"] for r in rows])
+    log2_if_spread(ax, [r["best_of"] for r in rows])
     ax.set(xlabel="best_of / n (N)", ylabel="latency (s)", title=f"End-to-end latency: {names[0]} vs {names[1]}")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

@@ -64,7 +64,7 @@ def _load_label(p: dict[str, Any]) -> str:
     return f"C={p['concurrency']}" if p["loop"] == "closed" else f"R={p['rate']:g}/s"
 
 
-def _log2_if_spread(ax: Any, values: Sequence[float]) -> None:
+def log2_if_spread(ax: Any, values: Sequence[float]) -> None:
     """A log2 x axis with a tick at each swept value, labelled as a plain number (8, not 2^3)."""
     if len(set(values)) > 1 and min(values) > 0:
         ax.set_xscale("log", base=2)
@@ -93,7 +93,7 @@ def write_plots(points: Sequence[dict[str, Any]], results: Sequence[PointResult]
         xs = [p["best_of"] for p in row]
         line, = ax.plot(xs, [p["latency_s_p50"] for p in row], "o-", label=f"{load} p50")
         ax.plot(xs, [p["latency_s_p95"] for p in row], "s--", color=line.get_color(), alpha=0.6, label=f"{load} p95")
-    _log2_if_spread(ax, [p["best_of"] for p in points])
+    log2_if_spread(ax, [p["best_of"] for p in points])
     ax.set(xlabel="best_of (N)", ylabel="latency (s)", title="End-to-end latency vs best_of")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -110,7 +110,7 @@ def write_plots(points: Sequence[dict[str, Any]], results: Sequence[PointResult]
         right.plot(xs, [p["generated_tokens_per_s"] for p in row], "o-", color=line.get_color(), label=f"best_of={n}")
     xlabel = "offered rate (requests/s)" if open_loop else "concurrency (clients)"
     for ax, ylabel in ((left, "answers/s (goodput dotted)"), (right, "generated tokens/s")):
-        _log2_if_spread(ax, [p[key] for p in points])
+        log2_if_spread(ax, [p[key] for p in points])
         ax.set(xlabel=xlabel, ylabel=ylabel)
         ax.grid(alpha=0.3)
     left.legend(fontsize="small")

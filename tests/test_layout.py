@@ -3,6 +3,7 @@
     bon/ (CLI) ──> server/ ──> models/ <── training/ <── evaluation/ ──> loadtest/
                                       world/  (used by training, evaluation, loadtest and the judge backend)
                                       common/ (used by all but world; imports none of ours)
+                   bench/ ──> server/, models/, loadtest/, world/ (the benchmark runs them side by side)
 
 Files are parsed with `ast`, never imported, so every import counts: at module level, inside functions, under
 `if TYPE_CHECKING:`, absolute and relative. An arrow not drawn above is an import the layout forbids. Under
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-OURS = ("bon", "server", "models", "training", "evaluation", "loadtest", "world", "common")
+OURS = ("bon", "server", "models", "training", "evaluation", "loadtest", "bench", "world", "common")
 
 # Which of our other packages each package may import: the arrows of the drawing, and no more. common/ (atomic
 # files, flags from typed fields, server processes) sits under every package but world/, which needs none of ours.
@@ -30,6 +31,8 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "training": frozenset({"models", "world", "common"}),
     "evaluation": frozenset({"training", "models", "loadtest", "world", "common"}),
     "loadtest": frozenset({"world", "common"}),  # talks HTTP to any server; world only for its prompts
+    # Times bon's pipeline in process and served against what a user would run instead; trains nothing.
+    "bench": frozenset({"server", "models", "loadtest", "world", "common"}),
     "world": frozenset(),  # standard library only, checked below: the embedded world does without common/ too
     "common": frozenset(),  # standard library only, checked below
 }
