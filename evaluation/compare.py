@@ -145,6 +145,8 @@ class Pool:
     gold: np.ndarray
     log_ratio: np.ndarray | None = None
     """Σ_t log π − log π_sft over the answer's tokens (tuned policies): a one-sample KL estimate."""
+    token_ids: list[list[list[int]]] | None = None
+    """Each answer's token ids (end-of-turn appended when sampled): early rejection scores their prefixes."""
 
 
 def load_reward_model(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -174,7 +176,7 @@ def build_pool(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
         # Σ_t log π − log π_sft over each answer's tokens: (prompts, answers)
         ratio = np.array(answer_log_ratios(model, reference, heads, answers, tokenizer.pad_token_id)).reshape(
             len(prompts), k)
-    return Pool(name, texts, tokens, rm, gold, ratio)
+    return Pool(name, texts, tokens, rm, gold, ratio, answers)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -251,30 +253,32 @@ async def _warm_then_measure(load: Any, point: Any) -> Any:
 
 
 def measure_server(policies: dict[str, Path], reward: Path, prompts: Sequence[str], cfg: CompareConfig,
-                   points: Sequence[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
-    """p50/p95 latency and device-seconds per answer at each (policy, best_of), closed loop at concurrency 1."""
+                   points: Sequence[tuple[str, int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """p50/p95 latency and device-seconds per answer at each (policy, best_of, extra request fields, e.g.
+    early_rejection), in order, closed loop at concurrency 1."""
     from loadtest.runner import LoadConfig, Point
     from loadtest.stats import summarize
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    out: dict[tuple[str, int], dict[str, Any]] = {}
-    with running_server(policies, reward, cfg, max(n for _, n in points)) as url:
-        for name, best_of in tqdm(points, desc="measuring through bon serve", unit="point", dynamic_ncols=True):
+    out: list[dict[str, Any]] = []
+    with running_server(policies, reward, cfg, max(n for _, n, _ in points)) as url:
+        for name, best_of, extra in tqdm(points, desc="measuring through bon serve", unit="point",
+                                         dynamic_ncols=True):
             load = LoadConfig(url=url + "/v1/chat/completions", model=name, prompts=[user(p) for p in prompts],
                               stream=False, max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               requests=cfg.requests, duration=cfg.requests * cfg.server_timeout,
-                              timeout=cfg.server_timeout, seed=cfg.seed)
+                              timeout=cfg.server_timeout, extra=extra, seed=cfg.seed)
             result = asyncio.run(_warm_then_measure(load, Point(best_of=best_of)))
             s = summarize(result.records, result.wall, slo=cfg.server_timeout)
             if s["errors"]:
-                log.warning("%s best_of=%d: %d of %d requests failed: %s", name, best_of, s["errors"], s["sent"],
-                            s["errors_by_status"])
-            out[(name, best_of)] = {
+                log.warning("%s best_of=%d %s: %d of %d requests failed: %s", name, best_of, extra or "", s["errors"],
+                            s["sent"], s["errors_by_status"])
+            out.append({
                 "latency_p50_s": s["latency_s_p50"], "latency_p95_s": s["latency_s_p95"],
                 "device_seconds_per_answer": s["device_seconds_per_answer"],
                 "device_seconds_source": s["device_seconds_source"],
                 "server_generated_tokens_per_answer": s["generated_tokens_per_answer"],
-                "server_requests": s["sent"], "server_errors": s["errors"]}
+                "server_requests": s["sent"], "server_errors": s["errors"]})
     return out
 
 
@@ -496,12 +500,25 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     rows = [method_row(pools["sft"], n, pools["sft"]) for n in cfg.best_of]
     rows += [method_row(pools[name], n, pools["sft"]) for name in tuned_paths for n in cfg.tuned_best_of]
 
+    early: dict[str, Any] = {"skipped": "--no-early-rejection"}
+    if cfg.early_rejection:
+        from evaluation.early_rejection import early_rejection_results, prefix_scores
+
+        configs = cfg.er_configs()
+        prefix = prefix_scores(pools["sft"], prompts, tokenizer, reward, sorted({k for _, k, _ in configs}))
+        early = early_rejection_results(pools["sft"], prefix, configs, cfg.er_target_best_of)
+
     server: dict[str, Any] = {"measured": False, "reason": "skipped (--no-server)"}
     if cfg.server:
-        points = [(r["policy"], r["best_of"]) for r in rows]
+        # Early rejection's measured points: latency and generated tokens from the server, gold from the pool.
+        early_measured = [r for r in early.get("rows", []) if (r["best_of"], r["after_tokens"], r["keep"])
+                          in cfg.er_server]
+        points = [(r["policy"], r["best_of"], {}) for r in rows]
+        points += [(r["policy"], r["best_of"], {"early_rejection": {"after_tokens": r["after_tokens"],
+                                                                    "keep": r["keep"]}}) for r in early_measured]
         measured = measure_server({"sft": cfg.sft, **tuned_paths}, cfg.rm, prompts, cfg, points)
-        for r in rows:
-            r.update(measured[(r["policy"], r["best_of"])])
+        for r, figures in zip([*rows, *early_measured], measured, strict=True):
+            r.update(figures)
         server = {"measured": True, "requests_per_point": cfg.requests, "concurrency": 1, "device": cfg.device,
                   "cpu_count": os.cpu_count(), "stream": False,
                   "cost": "device-seconds per answer = the server's bon.timings sample_seconds + score_seconds"}
@@ -521,6 +538,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                                         costs[name]["device_seconds"])
                        for name in tuned_paths if 1 in cfg.tuned_best_of},
         "overoptimisation": overoptimisation(sft_rows, pools["sft"], cfg.seed),
+        "early_rejection": early,
         "seconds": round(time.time() - started, 1),
     }
     cfg.out.mkdir(parents=True, exist_ok=True)

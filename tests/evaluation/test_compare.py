@@ -12,6 +12,7 @@ import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,9 +38,20 @@ from evaluation.compare import (
     pareto_frontier,
 )
 from evaluation.compare_config import CompareConfig
+from evaluation.early_rejection import (
+    bon_pick_kept,
+    early_rejection_results,
+    er_mean,
+    er_tokens,
+    er_weights,
+    kept_count,
+    prefix_rank_correlation,
+    prefix_scores,
+)
 from evaluation.plots import write_plots, write_report
 from models.checkpoint import write_checkpoint
 from training.evaluate import load_policy
+from training.rm import score_texts
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,6 +78,77 @@ def test_best_of_n_estimators_match_enumeration_of_every_subset():
     assert bon_mean(rm[None], gold[None], 1)[0] == pytest.approx(gold.mean())
     assert bon_mean(rm[None], gold[None], 7)[0] == gold[np.argmax(rm)]
     assert bon_win_rate_within(rm, gold, 1) == pytest.approx(0.5)
+
+
+def test_early_rejection_estimators_match_enumeration_of_every_subset():
+    """Over all M-subsets of 7 answers, with ties in the prefix score broken by sample order as the server breaks
+    them, the closed forms equal the exact averages: the answer returned, the tokens, Best-of-M's pick kept."""
+    rng = np.random.default_rng(5)
+    prefix, rm = rng.integers(0, 3, size=7).astype(float), rng.normal(size=7)
+    tokens, k = rng.integers(1, 20, size=7).astype(float), 6
+    for m in range(1, 8):
+        subsets = list(itertools.combinations(range(7), m))
+        for keep in range(1, m + 1):
+            returned, spent, same = np.zeros(7), Fraction(0), 0
+            for subset in subsets:
+                kept = sorted(subset, key=lambda i: (-prefix[i], i))[:keep]
+                returned[max(kept, key=lambda i: rm[i])] += 1
+                spent += sum(Fraction(tokens[i] if i in kept else min(tokens[i], k)) for i in subset)
+                same += max(subset, key=lambda i: rm[i]) in kept
+            assert er_weights(prefix, rm, m, keep) == pytest.approx(returned / len(subsets), abs=1e-12)
+            assert er_tokens(prefix[None], tokens[None], k, m, keep)[0] == pytest.approx(float(spent / len(subsets)))
+            assert bon_pick_kept(prefix[None], rm[None], m, keep)[0] == pytest.approx(same / len(subsets))
+    # Keeping all M is Best-of-M.
+    gold = rng.normal(size=(1, 7))
+    assert er_mean(prefix[None], rm[None], gold, 4, 4) == pytest.approx(bon_mean(rm[None], gold, 4))
+    assert [kept_count(16, f) for f in (0.125, 0.25, 0.3)] == [2, 4, 5]
+
+
+def _pool(prefix_of: Any) -> tuple[Pool, np.ndarray]:
+    """40 prompts × 12 answers whose gold is their RM score, 30 tokens each, with a prefix score of `prefix_of(rm)`."""
+    rng = np.random.default_rng(11)
+    rm = rng.normal(size=(40, 12)) + 0.3 * rng.normal(size=(40, 1))  # prompts differ a little
+    texts = [[f"answer {i}" for i in range(12)] for _ in range(40)]
+    return Pool("sft", texts, np.full((40, 12), 30.0), rm, rm.copy()), prefix_of(rm)
+
+
+def test_early_rejection_wins_when_prefixes_rank_well_and_loses_when_they_rank_inversely():
+    good, prefix = _pool(lambda rm: rm)  # the prefix foresees the full score exactly
+    results = early_rejection_results(good, {4: prefix}, [(8, 4, 0.25), (4, 4, 0.25)], target_best_of=8)
+    er, small = results["rows"]
+    assert er["gold_reward_mean"] == pytest.approx(results["target"]["gold_reward_mean"])  # BoN-8's very answer
+    assert er["bon_pick_kept"] == pytest.approx(1.0) and er["vs_target"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    # 8 candidates to 4 tokens, 2 of them on to 30: 6·4 + 2·30 = 84 tokens, 0.35 of BoN-8's 240.
+    assert er["tokens_per_answer"] == pytest.approx(84.0) and er["tokens_vs_target"] == pytest.approx(0.35)
+    assert er["meets_target"] and er["target_miss"] == [] and results["meeting_target"] == [er["label"]]
+    assert er["equal_tokens_best_of"] == pytest.approx(2.8)
+    assert er["vs_equal_tokens_bon"]["mean"] > 0 and er["vs_equal_tokens_bon"]["p_value"] < 1e-6  # beats BoN-2.8
+    assert small["target_miss"] == ["gold below the target's CI"]  # BoN-4's answer: far below BoN-8 here
+    assert results["prefix_correlation"] == [{"after_tokens": 4, "spearman_mean": pytest.approx(1.0),
+                                              "spearman_ci95": pytest.approx(0.0), "prompts": 40, "tied_prompts": 0}]
+
+    bad, inverse = _pool(lambda rm: -rm)  # the prefix ranks the answers upside down: the winners are cut
+    lost = early_rejection_results(bad, {4: inverse}, [(8, 4, 0.25)], target_best_of=8)
+    row = lost["rows"][0]
+    assert row["bon_pick_kept"] == 0.0 and not row["meets_target"]
+    assert row["gold_reward_mean"] < bon_mean(bad.rm, bad.gold, 1).mean()  # worse than no selection at all
+    assert row["vs_equal_tokens_bon"]["mean"] < 0 and row["vs_equal_tokens_bon"]["p_value"] < 1e-6
+    assert lost["prefix_correlation"][0]["spearman_mean"] == pytest.approx(-1.0)
+    tied = prefix_rank_correlation(np.zeros((3, 5)), np.arange(15.0).reshape(3, 5))
+    assert (tied["spearman_mean"], tied["prompts"], tied["tied_prompts"]) == (None, 0, 3)
+
+
+def test_compare_config_checks_early_rejection():
+    cfg = CompareConfig(er_best_of="16,32", er_after_tokens="8", er_keep="0.25,0.125", er_server="16:8:0.25,64:4:0.5")
+    assert cfg.er_server == ((16, 8, 0.25), (64, 4, 0.5))
+    assert cfg.er_configs() == [(16, 8, 0.125), (16, 8, 0.25), (32, 8, 0.125), (32, 8, 0.25), (64, 4, 0.5)]
+    assert CompareConfig(er_server="").er_server == ()
+    for bad in ({"er_best_of": "128"}, {"er_keep": "1"}, {"er_server": "16:8"}, {"er_target_best_of": 12},
+                {"er_server": "1:8:0.5"}):
+        with pytest.raises(ValueError):
+            CompareConfig(**bad)
+    assert CompareConfig(er_best_of="128", early_rejection=False).er_best_of == (128,)
+    assert CompareConfig(er_server="66:8:0.25", server=False).er_configs()[-1] == (64, 32, 0.5)  # not measured
 
 
 def test_kl_bound_and_plugin_estimate():
@@ -206,7 +289,9 @@ def _synthetic_results(out: Path) -> tuple[dict, Pool]:
                                     "frontier": pareto_frontier(rows, "device_seconds_per_answer")},
         "training_cost": {"dpo": {"device_seconds": 50.0}},
         "break_even": {"dpo": break_even(rows[5], sft_rows, 50.0)},
-        "overoptimisation": overoptimisation(sft_rows, sft, seed=0), "seconds": 1.0}
+        "overoptimisation": overoptimisation(sft_rows, sft, seed=0), "seconds": 1.0,
+        "early_rejection": early_rejection_results(sft, {4: sft.rm + rng.normal(size=sft.rm.shape)},
+                                                   [(8, 4, 0.25), (16, 4, 0.125)], target_best_of=16)}
     results["files"] = ["report.md", *(p.name for p in write_plots(results, out))]
     write_report(results, out / "report.md")
     return results, dpo
@@ -238,6 +323,15 @@ def test_report_states_its_uncertainty_on_synthetic_answers(tmp_path: Path):
     low, high = held["mean"] - held["ci95"], held["mean"] + held["ci95"]
     assert f"is {held['mean']:+.3f} (95% CI {low:+.3f} to {high:+.3f}, p = {held['p_value']:.2g})" in report
     assert results["overoptimisation"]["verdict"] in report
+    # Early rejection: every configuration's row, its verdict on the target, and the prefix correlation.
+    early = results["early_rejection"]
+    for r in early["rows"]:
+        assert f"| {r['label']} | {r['kept']} | {r['gold_reward_mean']:.3f} ± {r['gold_reward_ci95']:.3f} |" in report
+    assert f"**{len(early['meeting_target'])} of 2 configurations meet the target**" in report
+    rho = early["prefix_correlation"][0]
+    assert f"| 4 | {rho['spearman_mean']:.3f} ± {rho['spearman_ci95']:.3f} | 40 | 0 |" in report
+    assert "![early rejection vs Best-of-N](early_rejection.png)" in report
+    assert "early_rejection.png" in results["files"]
     assert sorted(results["files"]) == sorted(p.name for p in tmp_path.iterdir())
 
 
@@ -245,10 +339,15 @@ def test_bon_1_is_the_plain_mean_and_a_policy_has_no_kl_to_itself(tiny_sft: Path
     model, tokenizer = load_policy(tiny_sft)
     prompts = [p.text for p in world.prompts("test", 3, 0)]
     cfg = CompareConfig(prompts=3, sft_samples=5, tuned_samples=5, best_of=(1, 4), tuned_best_of=(1, 4),
-                        max_new_tokens=24)
+                        max_new_tokens=24, early_rejection=False)
     reward = load_reward_model(tiny_rm)
     sft = build_pool("sft", model, tokenizer, prompts, 5, cfg, 0, reward)
     assert sft.gold[0, 0] == world.score(prompts[0], sft.texts[0][0])
+    # Early rejection's prefixes: past an answer's end, its whole text and the pool's very score.
+    prefix = prefix_scores(sft, prompts, tokenizer, reward, [1, 25])
+    assert np.array_equal(prefix[25], sft.rm)
+    first = tokenizer.decode(sft.token_ids[0][0][:1], skip_special_tokens=True).strip()
+    assert prefix[1][0, 0] == pytest.approx(score_texts(*reward, [(prompts[0], first)])[0], abs=1e-5)
     row = method_row(sft, 1, sft)
     assert row["gold_reward_mean"] == pytest.approx(sft.gold.mean())
     assert row["rm_reward_mean"] == pytest.approx(sft.rm.mean())
@@ -287,7 +386,7 @@ def test_compare_without_server_costs_tokens_and_skips_break_even(tiny_sft: Path
                                                                  tuned: tuple[Path, Path], tmp_path: Path):
     cfg = CompareConfig(out=tmp_path, sft=tiny_sft, rm=tiny_rm, dpo=tuned[0], ppo=tuned[1], prompts=3,
                         sft_samples=3, tuned_samples=2, best_of="1,2", tuned_best_of="1", max_new_tokens=16,
-                        server=False)
+                        server=False, er_best_of="2", er_after_tokens="4", er_keep="0.5", er_target_best_of=2)
     (tmp_path / "gold_vs_latency.png").write_bytes(b"from an earlier run with the server")
     results = compare(cfg)
     assert results["server"] == {"measured": False, "reason": "skipped (--no-server)"}
@@ -298,6 +397,8 @@ def test_compare_without_server_costs_tokens_and_skips_break_even(tiny_sft: Path
     assert all(b["answers"] is None for b in results["break_even"].values())
     assert "No test of a fall in gold: it needs at least 4 prompts" in (tmp_path / "report.md").read_text()
     assert "not measured (skipped (--no-server))" in (tmp_path / "report.md").read_text()
+    assert [r["label"] for r in results["early_rejection"]["rows"]] == ["ER M=2 k=4 f=0.5"]
+    assert "early_rejection.png" in results["files"]
 
 
 def test_bon_eval_compare_end_to_end(tiny_sft: Path, tiny_rm: Path, tuned: tuple[Path, Path], tmp_path: Path):
@@ -309,7 +410,9 @@ def test_bon_eval_compare_end_to_end(tiny_sft: Path, tiny_rm: Path, tuned: tuple
         [sys.executable, "-m", "bon.cli", "eval", "compare", "--sft", str(tiny_sft), "--rm", str(tiny_rm),
          "--dpo", str(dpo), "--ppo", str(ppo), "--out", str(out), "--prompts", "6", "--sft-samples", "9",
          "--tuned-samples", "4", "--best-of", "1,2,4,8", "--tuned-best-of", "1,2", "--max-new-tokens", "24",
-         "--requests", "2", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+         "--requests", "2", "--er-best-of", "8", "--er-after-tokens", "4,8", "--er-keep", "0.25",
+         "--er-server", "8:4:0.25", "--er-target-best-of", "8", "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     printed = json.loads(done.stdout)
     results = json.loads((out / "results.json").read_text())
@@ -348,3 +451,13 @@ def test_bon_eval_compare_end_to_end(tiny_sft: Path, tiny_rm: Path, tuned: tuple
     assert "| DPO + BoN-2" in report and results["overoptimisation"]["verdict"] in report
     assert "split at random (seed 0) into 3 and 3" in report
     assert all("gold 95% CI: at " in b["text"] for b in results["break_even"].values())
+    # Early rejection: both k estimated offline; the measured one also through the server, which cut candidates.
+    early = {(r["best_of"], r["after_tokens"], r["keep"]): r for r in results["early_rejection"]["rows"]}
+    assert sorted(early) == [(8, 4, 0.25), (8, 8, 0.25)]
+    measured, offline = early[(8, 4, 0.25)], early[(8, 8, 0.25)]
+    assert measured["kept"] == 2 and measured["server_requests"] == 2 and measured["server_errors"] == 0
+    assert 0 < measured["latency_p50_s"] and "latency_p50_s" not in offline
+    assert measured["server_generated_tokens_per_answer"] > 0
+    assert measured["tokens_per_answer"] < rows[("sft", 8)]["tokens_per_answer"]
+    assert "## Early rejection (speculative rejection) vs Best-of-N" in report
+    assert "early_rejection.png" in results["files"]
