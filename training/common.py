@@ -14,6 +14,7 @@ import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +29,9 @@ from models.checkpoint import Kind, Manifest, write_checkpoint, write_json_atomi
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+PREPARATION_TIMEOUT = timedelta(hours=24)
+"""How long the other processes wait for rank 0 to prepare the data (`Dist.main_first`)."""
 
 
 @dataclass(frozen=True)
@@ -68,10 +72,16 @@ class Dist:
 
     def main_first(self, build: Callable[[], T]) -> T:
         """`build()` on rank 0, then on the other ranks once it returned: rank 0 writes the cache they read."""
+        if self.world_size == 1:
+            return build()
+        # Rank 0 may build for longer than gloo lets a collective wait (30 minutes), as when it samples tens of
+        # thousands of preference pairs on a CPU. So the others wait in a group of their own with a longer limit;
+        # the training's collectives keep the default, and a rank 0 that fails still ends the wait at once.
+        waiting = torch_dist.new_group(timeout=PREPARATION_TIMEOUT)
         if self.is_main:
             built = build()
-        if self.world_size > 1:
-            torch_dist.barrier()
+        torch_dist.barrier(group=waiting)
+        torch_dist.destroy_process_group(waiting)
         return built if self.is_main else build()
 
 
