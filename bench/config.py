@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.cli import positive_ints
 from models.checkpoint import checkpoint_root
 
 TARGETS = {
@@ -19,15 +20,6 @@ TARGETS = {
 HTTP; (c) and (d) `bon serve` over HTTP; (e) vLLM's own server asked for n=N, then the N scored in one batch."""
 SECTIONS = ("throughput", "memory")
 """Parts of a run besides the five latency targets, which `skip` may also name."""
-
-
-def _ints(value: object) -> tuple[int, ...]:
-    """A sorted tuple of distinct positive ints from a tuple or from the command line's "1,4,16"."""
-    items = value.split(",") if isinstance(value, str) else value
-    out = tuple(sorted({int(v) for v in items if str(v).strip()}))  # type: ignore[union-attr]
-    if not out or out[0] < 1:
-        raise ValueError(f"expected positive integers, got {value!r}")
-    return out
 
 
 def _names(value: object) -> tuple[str, ...]:
@@ -86,7 +78,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         self.out, self.policy, self.rm = Path(self.out), Path(self.policy), Path(self.rm)
-        self.best_of, self.concurrency = _ints(self.best_of), _ints(self.concurrency)
+        self.best_of, self.concurrency = positive_ints(self.best_of), positive_ints(self.concurrency)
         self.skip = _names(self.skip)
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError("repeats must be at least 1 and warmup at least 0")

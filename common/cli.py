@@ -11,6 +11,16 @@ from typing import Any
 _CONVERTED = (int, float, str, Path)
 
 
+def positive_ints(value: object) -> tuple[int, ...]:
+    """A sorted tuple of distinct positive ints from an iterable or from the command line's "1,4,16"; ValueError
+    (which argparse reports as a bad value) for anything else."""
+    items = value.split(",") if isinstance(value, str) else value
+    out = tuple(sorted({int(v) for v in items if str(v).strip()}))  # type: ignore[union-attr]
+    if not out or out[0] < 1:
+        raise ValueError(f"expected positive integers, got {value!r}")
+    return out
+
+
 def add_field_flag(parser: argparse.ArgumentParser, name: str, annotation: Any, help_text: str) -> None:
     """`--name-with-dashes`, stored as `name`; None when not given, so that the field's default still applies.
 

@@ -7,16 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from common.cli import positive_ints
 from models.checkpoint import checkpoint_root
-
-
-def _ints(value: object) -> tuple[int, ...]:
-    """A tuple of positive ints from a tuple or from the CLI's "1,2,4" string."""
-    items = value.split(",") if isinstance(value, str) else value
-    out = tuple(sorted({int(v) for v in items if str(v).strip()}))  # type: ignore[union-attr]
-    if not out or out[0] < 1:
-        raise ValueError(f"expected positive integers, got {value!r}")
-    return out
 
 
 def _fractions(value: object) -> tuple[float, ...]:
@@ -93,7 +85,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         self.out, self.sft, self.rm = Path(self.out), Path(self.sft), Path(self.rm)
-        self.best_of, self.tuned_best_of = _ints(self.best_of), _ints(self.tuned_best_of)
+        self.best_of, self.tuned_best_of = positive_ints(self.best_of), positive_ints(self.tuned_best_of)
         if self.prompts < 2:
             raise ValueError("prompts must be at least 2 (a confidence interval needs two)")
         if self.best_of[-1] >= self.sft_samples:
@@ -106,7 +98,7 @@ class CompareConfig:
             raise ValueError("max_new_tokens must be positive and temperature above 0")
         if self.requests < 1 or self.server_timeout <= 0:
             raise ValueError("requests and server_timeout must be positive")
-        self.er_best_of, self.er_after_tokens = _ints(self.er_best_of), _ints(self.er_after_tokens)
+        self.er_best_of, self.er_after_tokens = positive_ints(self.er_best_of), positive_ints(self.er_after_tokens)
         self.er_keep, self.er_server = _fractions(self.er_keep), _er_points(self.er_server)
         if self.early_rejection:
             for m, k, f in self.er_configs():

@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from common.cli import add_field_flag
+from common.cli import add_field_flag, positive_ints
 
 FIELDS = {
     "steps": (int, "optimizer steps"),
@@ -54,3 +54,11 @@ def test_help_names_the_types_and_keeps_percent_signs():
                   "--parent PATH", "--server, --no-server", "--loss-type {sigmoid,ipo}", "--best-of VALUE"):
         assert usage in text, usage
     assert "100% of them" in text
+
+
+def test_positive_ints_sorts_dedupes_and_refuses_the_rest():
+    assert positive_ints("16,1,4,4") == (1, 4, 16)
+    assert positive_ints((8, 2)) == (2, 8)
+    for bad in ("", "0,4", "-1", "a"):
+        with pytest.raises(ValueError):
+            positive_ints(bad)
