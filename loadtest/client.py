@@ -22,7 +22,8 @@ class RequestSpec:
     """What to send: one prompt at one sweep point."""
 
     model: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, str]] | str
+    """Chat messages for /v1/chat/completions, or a text prompt for /v1/completions."""
     best_of: int
     mode: Mode = "bon"
     stream: bool = True
@@ -35,8 +36,9 @@ class RequestSpec:
     """Further body fields sent as they are (e.g. `return_candidates`)."""
 
     def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": self.messages, "max_tokens": self.max_tokens,
-                                "temperature": self.temperature, "stream": self.stream}
+        body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "temperature": self.temperature,
+                                "stream": self.stream}
+        body["prompt" if isinstance(self.messages, str) else "messages"] = self.messages
         # Our server reranks best_of candidates into one answer; vLLM returns all n, so the cost of sampling N
         # can be compared with no reranking.
         if self.mode == "bon":
@@ -157,7 +159,8 @@ async def _read_stream(response: httpx.Response, record: RequestRecord, sent: fl
             return
         _read_choices(record, chunk.get("choices") or [], finished)
         for choice in chunk.get("choices") or []:
-            if not (choice.get("delta") or {}).get("content"):
+            # A chat chunk's text is its delta's content; a completion chunk's, its `text`.
+            if not ((choice.get("delta") or {}).get("content") or choice.get("text")):
                 continue
             content_chunks += 1
             index = int(choice.get("index") or 0)

@@ -468,8 +468,12 @@ def kill_training(method: str, cfg: object, moment: str, log: Path, timeout_s: f
     with open(log, "wb") as output:
         proc = subprocess.Popen([sys.executable, "-m", "bon.cli", "train", method, *config_flags(cfg)], env=env,
                                 cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
     try:
-        wait_until(lambda: KILL_MOMENTS[moment](out) or proc.poll() is not None, timeout_s, f"the {moment}")
+        # Polled every millisecond, not every POLL_S: a tiny checkpoint is written in about ten.
+        while not (KILL_MOMENTS[moment](out) or proc.poll() is not None):
+            assert time.monotonic() < deadline, f"waited {timeout_s} s for the {moment}"
+            time.sleep(0.001)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

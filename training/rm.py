@@ -156,6 +156,8 @@ def train_rm(cfg: RMConfig) -> Manifest | None:
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     state = run.resume({"model": model}, optimizer, cfg)
+    if state.step:
+        log.info("resuming RM at step %d of %d", state.step, cfg.steps)
     ddp = dist.wrap_ddp(model)
     model.train()
     bar = dist.progress(cfg.steps, state.step, f"rm ({cfg.arch})")

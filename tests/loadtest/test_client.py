@@ -33,6 +33,16 @@ def test_mode_decides_whether_best_of_or_n_is_sent(mode, field):
     assert RequestSpec(model="m", messages=MESSAGES, best_of=1, ignore_eos=True).body()["ignore_eos"] is True
 
 
+def test_a_text_prompt_is_a_completion_whose_streamed_text_is_timed():
+    spec = RequestSpec(model="m", messages="Say hello", best_of=2)
+    assert spec.body()["prompt"] == "Say hello" and "messages" not in spec.body()
+    events = ['data: {"choices": [{"index": 0, "text": "Hel", "finish_reason": null}]}\n\n',
+              'data: {"choices": [{"index": 0, "text": "lo", "finish_reason": "stop"}]}\n\n', "data: [DONE]\n\n"]
+    r = _send(lambda request: httpx.Response(200, text="".join(events)), spec)
+    assert (r.status, r.finish_reasons, r.completion_tokens, len(r.itls)) == ("200", ["stop"], 2, 1)
+    assert r.ttft is not None
+
+
 def test_a_stream_of_interleaved_choices_gives_their_count_and_finish_reasons():
     # as vLLM 0.32 streams n=2: a role chunk per choice, empty deltas while a token is not yet printable, the last
     # token riding on its choice's finish chunk, and usage (all choices' tokens) in a chunk of its own

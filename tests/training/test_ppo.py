@@ -16,7 +16,15 @@ import training.ppo as ppo
 from bon.cli import main as bon_main
 from models.chat import prompt_ids, user
 from models.checkpoint import verify
-from tests.builders import bon_train, config_flags
+from tests.builders import (
+    KILLS,
+    assert_same_weights,
+    bon_train,
+    config_flags,
+    kill_training,
+    registry_view,
+    train_watching_registry,
+)
 from training.ppo_config import PPOConfig
 
 # 16 rollouts of at most 24 tokens per iteration, 2 epochs of 2 minibatches: an iteration in well under a second.
@@ -143,31 +151,29 @@ def test_collapse_guard_names_the_identical_answers(tiny_sft: Path, tiny_rm: Pat
         ppo._check_guards(record, strikes, cfg)
 
 
-def test_an_interrupted_run_resumes_where_it_saved_and_ends_as_the_uninterrupted_one(
-        trained: PPOConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
-    cfg = tiny_ppo_config(tmp_path / "ppo", trained.parent, trained.reward_model)
-    real, calls = ppo.shape_rewards, []
-
-    def crash_at_iteration_5(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ppo, "shape_rewards", crash_at_iteration_5)
-    with pytest.raises(KeyboardInterrupt):
-        ppo.train_ppo(cfg)
-    state = json.loads((tmp_path / ".runs" / "ppo" / "state.json").read_text())
-    assert state["step"] == 3 and "kl_coef" in state["extra"] and not cfg.out.exists()
-    monkeypatch.setattr(ppo, "shape_rewards", real)
+@pytest.mark.parametrize("moment", KILLS)
+def test_a_killed_run_resumes_where_it_saved_and_ends_as_the_uninterrupted_one(
+        moment: str, trained: PPOConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """`bon train ppo` killed with SIGKILL; the rerun restores the policy, the critic, Adam's moments, the KL
+    controller and the reward normalisation, and ends as the uninterrupted run (the same config but for how often
+    it saves); the registry never lists a half-written checkpoint."""
+    # Validation and the final figures sample answers that do not steer training: left out here.
+    cfg = tiny_ppo_config(tmp_path / "ppo", trained.parent, trained.reward_model, save_every=2, val_prompts=0,
+                          eval_prompts=0)
+    killed = kill_training("ppo", cfg, moment, tmp_path / "killed.log")
+    assert 0 < killed.step < cfg.steps and killed.listed == {}
+    assert killed.half_written == (moment == "checkpoint-write")
     with caplog.at_level("INFO", logger="training.ppo"):
-        ppo.train_ppo(cfg)
-    assert "resuming PPO at iteration 3 of 6" in caplog.text
+        train_watching_registry(lambda: ppo.train_ppo(cfg), tmp_path)
+    assert f"resuming PPO at iteration {killed.step} of {cfg.steps}" in caplog.text
+    assert registry_view(tmp_path) == {"ppo": True}
     resumed, reference = training_steps(cfg.out), training_steps(trained.out)
-    assert [h["step"] for h in resumed] == list(range(1, 7))
+    assert [h["step"] for h in resumed] == list(range(1, cfg.steps + 1))
+    # The killed process and this one may sum in another order: equal to float rounding, not bit for bit.
     for got, want in zip(resumed, reference, strict=True):
         for name in COMPARED:
-            assert got[name] == pytest.approx(want[name], rel=1e-5, abs=1e-6), (got["step"], name)
+            assert got[name] == pytest.approx(want[name], rel=1e-4, abs=1e-5), (got["step"], name)
+    assert_same_weights(cfg.out, trained.out, atol=1e-4)
 
 
 def test_two_processes_follow_the_loss_curve_of_one(tiny_sft: Path, tiny_rm: Path, tmp_path: Path):

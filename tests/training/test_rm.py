@@ -8,7 +8,14 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from models.chat import scored_ids, user
 from models.checkpoint import verify
-from tests.builders import bon_train, tiny_rm_config
+from tests.builders import (
+    KILLS,
+    assert_same_weights,
+    kill_training,
+    registry_view,
+    tiny_rm_config,
+    train_watching_registry,
+)
 from training.rm import spearman, train_rm
 
 
@@ -79,12 +86,24 @@ def test_encoder_rm_fine_tunes_the_pretrained_minilm(tiny_sft, tmp_path):
     assert manifest.figures["eval_pairs"] == 16
 
 
-def test_two_processes_follow_the_loss_curve_of_one(tiny_sft, tmp_path):
-    curves = []
-    for processes in (1, 2):
-        out = tmp_path / f"p{processes}" / "rm"
-        done = bon_train("rm", tiny_rm_config(out, tiny_sft, pairs=64, epochs=1.0), processes=processes)
-        assert done.returncode == 0, done.stderr[-2000:]
-        curves.append([h["loss"] for h in json.loads((out / "training_history.json").read_text())])
-    assert len(curves[0]) == len(curves[1]) == 4
-    assert max(abs(a - b) for a, b in zip(*curves, strict=True)) < 1e-3
+@pytest.mark.parametrize("moment", KILLS)
+def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_does(moment, tiny_sft, tiny_rm, tmp_path, caplog):
+    """`bon train rm` killed with SIGKILL; the rerun continues from its last save and ends at the session's RM (the
+    same config but for how often it saves); the registry never lists a half-written checkpoint."""
+    cfg = tiny_rm_config(tmp_path / "rm", tiny_sft, save_every=2)
+    killed = kill_training("rm", cfg, moment, tmp_path / "killed.log")
+    assert 0 < killed.step < cfg.steps and killed.listed == {}
+    assert killed.half_written == (moment == "checkpoint-write")
+    with caplog.at_level("INFO", logger="training.rm"):
+        train_watching_registry(lambda: train_rm(cfg), tmp_path)
+    assert f"resuming RM at step {killed.step} of {cfg.steps}" in caplog.text
+    assert registry_view(tmp_path) == {"rm": True}
+    again = json.loads((cfg.out / "training_history.json").read_text())
+    once = json.loads((tiny_rm / "training_history.json").read_text())
+    assert [h["step"] for h in again] == [h["step"] for h in once] == list(range(1, cfg.steps + 1))
+    for a, b in zip(again, once, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4), a["step"]
+    assert_same_weights(cfg.out, tiny_rm, atol=1e-4)
+    figures, reference = verify(cfg.out).figures, verify(tiny_rm).figures
+    assert figures["accuracy_vs_labels"] == reference["accuracy_vs_labels"]
+    assert figures["pearson_rm_gold"] == pytest.approx(reference["pearson_rm_gold"], abs=1e-4)

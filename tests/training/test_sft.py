@@ -1,8 +1,5 @@
 import json
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +8,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.chat import prompt_ids, user
 from models.checkpoint import CheckpointError, verify
-from tests.builders import REPO, bon_train, config_flags, tiny_sft_config, wait_until
+from tests.builders import (
+    KILLS,
+    bon_train,
+    kill_training,
+    registry_view,
+    tiny_sft_config,
+    train_watching_registry,
+)
 from training.sft import train_sft
 
 
@@ -44,27 +48,21 @@ def test_a_tampered_weight_file_is_detected(tiny_sft, tmp_path):
         verify(copy)
 
 
-def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path):
-    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+@pytest.mark.parametrize("moment", KILLS)
+def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(moment, tmp_path):
     reference = train_sft(tiny_sft_config(tmp_path / "ref", steps=120))
-    out = tmp_path / "run" / "sft"
-    command = [sys.executable, "-m", "bon.cli", "train", "sft", *config_flags(tiny_sft_config(out, steps=120))]
-    proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    state = out.parent / ".runs" / "sft" / "state.json"
-    try:
-        wait_until(lambda: state.exists() or proc.poll() is not None, 120, "the run's first saved state")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert state.exists(), proc.stderr.read().decode()[-2000:]
-    saved = json.loads(state.read_text())["step"]
-    assert 0 < saved < 120 and not out.exists()
-    done = bon_train("sft", tiny_sft_config(out, steps=120))
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"resuming SFT at step {saved}" in done.stderr
-    figures = json.loads(done.stdout)
+    cfg = tiny_sft_config(tmp_path / "run" / "sft", steps=120)
+    killed = kill_training("sft", cfg, moment, tmp_path / "killed.log")
+    assert 0 < killed.step < 120 and killed.listed == {}
+    assert killed.half_written == (moment == "checkpoint-write")
+    done: list[subprocess.CompletedProcess] = []
+    train_watching_registry(lambda: done.append(bon_train("sft", cfg)), cfg.out.parent)
+    assert done[0].returncode == 0, done[0].stderr[-2000:]
+    assert f"resuming SFT at step {killed.step}" in done[0].stderr
+    assert registry_view(cfg.out.parent) == {"sft": True}
+    figures = json.loads(done[0].stdout)
     assert figures["validation_loss"] == pytest.approx(reference.figures["validation_loss"], abs=1e-4)
-    assert [h["step"] for h in _history(out)] == list(range(1, 121))
+    assert [h["step"] for h in _history(cfg.out)] == list(range(1, 121))
 
 
 def test_two_processes_follow_the_loss_curve_of_one_on_the_same_global_batch(tmp_path):
