@@ -318,9 +318,12 @@ async def best_of_n(served: Served, entry: PolicyEntry, plan: Plan, watcher: Dis
         sampled = time.perf_counter()
         late = [i for i in range(len(generation.candidates)) if i not in early]
         batch = served.scorer.score([(plan.messages, generation.candidates[i].text) for i in late])
-        scores = dict(zip(late, await watcher.until_gone(batch), strict=True)) if late else {}
-        for i, future in early.items():
-            (scores[i],) = await watcher.until_gone(future)
+        try:
+            scores = dict(zip(late, await watcher.until_gone(batch), strict=True)) if late else {}
+            for i, future in early.items():
+                (scores[i],) = await watcher.until_gone(future)
+        except Cancelled:  # stopped while scoring: every token generated was spent for nothing
+            raise Cancelled(tokens=_generated_tokens(generation)) from None
     finally:
         for future in early.values():
             future.cancel()

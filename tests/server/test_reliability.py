@@ -21,9 +21,10 @@ from tests.builders import launch_server, wait_until, wait_until_async
 
 CHAT = "/v1/chat/completions"
 PROMPT = [{"role": "user", "content": "What can I do with my teddy bear today?"}]
-BUDGET = 30_000
-LONG = {"best_of": 128, "max_tokens": 230, "ignore_eos": True}
-"""128 × 230 = 29,440 tokens of the budget, seconds of decoding on a CPU."""
+BUDGET = 59_000
+LONG = {"best_of": 256, "max_tokens": 230, "ignore_eos": True}
+LONG_TOKENS = 256 * 230
+"""58,880 tokens of the budget: several seconds of decoding on a CPU (7 s here), well past the 3 s deadline below."""
 CAPACITY = {"max_in_flight": 2, "max_queue": 2}
 
 
@@ -33,12 +34,12 @@ def _chat(**fields) -> dict:
 
 @pytest.fixture(scope="module")
 def stressed(tiny_checkpoints: Path, log_dir: Path) -> Iterator[dict[str, Server]]:
-    """Started together: `bounded`, two requests in flight and two queued within a budget of 30,000 tokens; and
+    """Started together: `bounded`, two requests in flight and two queued within a budget of 59,000 tokens; and
     `doomed`, which the shutdown test stops."""
     launched = {
         "bounded": launch_server(tiny_checkpoints, log_dir, "--max-in-flight", str(CAPACITY["max_in_flight"]),
                                  "--max-queue", str(CAPACITY["max_queue"]), "--max-inflight-tokens", str(BUDGET),
-                                 "--max-best-of", "128", "--default-best-of", "2", "--default-max-tokens", "8",
+                                 "--max-best-of", "256", "--default-best-of", "2", "--default-max-tokens", "8",
                                  "--retry-after-s", "3"),
         "doomed": launch_server(tiny_checkpoints, log_dir, "--max-in-flight", "1", "--shutdown-grace-s", "60")}
     try:
@@ -74,10 +75,10 @@ def rss_bytes(pid: int) -> int:
 
 
 def test_a_request_larger_than_the_whole_budget_is_400_and_greedy_costs_one_candidate(bounded):
-    too_large = _chat(best_of=128, max_tokens=235)  # 30,080 tokens
+    too_large = _chat(best_of=256, max_tokens=235)  # 60,160 tokens
     refused = error(httpx.post(bounded.url + CHAT, json=too_large, timeout=30), 400)
     assert refused["code"] == "request_too_large" and refused["param"] == "max_tokens"
-    assert "30080 tokens" in refused["message"] and f"({BUDGET})" in refused["message"]
+    assert "60160 tokens" in refused["message"] and f"({BUDGET})" in refused["message"]
     greedy = httpx.post(bounded.url + CHAT, json={**too_large, "temperature": 0}, timeout=60)
     assert greedy.status_code == 200 and greedy.json()["bon"]["best_of"] == 1
 
@@ -92,7 +93,7 @@ def test_a_request_waits_for_its_cost_to_fit_a_full_queue_is_429_and_a_deadline_
         async with httpx.AsyncClient(base_url=bounded.url, timeout=60) as c:
             started = time.perf_counter()
             long = asyncio.create_task(c.post(CHAT, json=_chat(**LONG), headers={CLIENT_TIMEOUT_HEADER: "3"}))
-            await wait_until_async(lambda: metric(bounded, "bon_inflight_tokens") == 128 * 230, 30)
+            await wait_until_async(lambda: metric(bounded, "bon_inflight_tokens") == LONG_TOKENS, 30)
             middle = asyncio.create_task(c.post(CHAT, json=_chat(best_of=4, max_tokens=200)))  # 800 more: over
             await wait_until_async(lambda: metric(bounded, "bon_requests_queued") == 1, 30)
             small = asyncio.create_task(c.post(CHAT, json=_chat(best_of=1, max_tokens=8)))  # fits, comes later
@@ -139,7 +140,7 @@ def test_a_client_that_goes_away_stops_its_generation_within_a_second(bounded, s
     assert time.monotonic() - gone < 1.0
     assert metric(bounded, "bon_requests_cancelled_total") == cancelled + 1
     generated = metric(bounded, "bon_cancelled_tokens_total", reason="client_closed") - tokens
-    assert 0 < generated < 128 * 230  # what it cost until it stopped, short of the whole request
+    assert 0 < generated < LONG_TOKENS  # what it cost until it stopped, short of the whole request
 
 
 def test_a_burst_of_ten_times_capacity_gets_only_200_and_429(bounded):
