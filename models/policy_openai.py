@@ -28,7 +28,7 @@ from models.interface import (
     PolicySpec,
     RemoteRequestError,
 )
-from models.upstream import MAX_ANSWER_BYTES, Balance, Upstream
+from models.upstream import EJECT_S, MAX_ANSWER_BYTES, Balance, Upstream
 
 
 def normalise_base_url(url: str) -> str:
@@ -74,13 +74,14 @@ class OpenAIPolicy:
     def __init__(self, name: str, base_urls: Sequence[str], remote_model: str, *, balance: Balance = "round_robin",
                  timeout_s: float = 120.0, retries: int = 2, api_key: str | None = None,
                  tokenizer: PreTrainedTokenizerBase | None = None, context_length: int | None = None,
-                 max_bytes: int = MAX_ANSWER_BYTES):
+                 max_bytes: int = MAX_ANSWER_BYTES, eject_s: float = EJECT_S):
         self.name = name
         self.remote_model = remote_model
         self.version = f"remote-{remote_model}"
         self.context_length = context_length
         self.upstream = Upstream("policy", [normalise_base_url(u) for u in base_urls], balance=balance,
-                                 timeout_s=timeout_s, retries=retries, max_bytes=max_bytes, api_key=api_key)
+                                 timeout_s=timeout_s, retries=retries, max_bytes=max_bytes, api_key=api_key,
+                                 eject_s=eject_s)
         self.tokenizer = tokenizer
 
     @classmethod
@@ -93,7 +94,8 @@ class OpenAIPolicy:
         return cls(spec.name, spec.base_urls, spec.remote_model or spec.name,
                    balance=opts.get("balance", "round_robin"), timeout_s=opts.get("timeout_s", 120.0),
                    retries=opts.get("retries", 2), api_key=opts.get("api_key"), tokenizer=tokenizer,
-                   context_length=opts.get("context_length"), max_bytes=opts.get("max_bytes", MAX_ANSWER_BYTES))
+                   context_length=opts.get("context_length"), max_bytes=opts.get("max_bytes", MAX_ANSWER_BYTES),
+                   eject_s=opts.get("eject_s", EJECT_S))
 
     def count_prompt_tokens(self, messages: Sequence[Message]) -> int | None:
         return len(prompt_ids(self.tokenizer, messages)) if self.tokenizer is not None else None

@@ -12,7 +12,10 @@ is refused. What each answer means:
 - 408, 5xx, any other status but a 4xx, transport errors, an answer over `max_bytes`: failures.
 - any other 4xx: the remote server refused the request itself: `RemoteRequestError` (the client's 400), not retried.
 
-A failure is retried `retries` times, on another replica where there is one, after a short backoff. What failed
+A failure is retried `retries` times, on another replica where there is one, after a short backoff. A replica
+that failed is set aside (`eject_s`, doubled at each failure in a row up to 8 times as long): calls go to the others
+meanwhile, and the first call after that tries it again, so a dead replica costs an attempt once a while rather
+than on every other call, and a restarted one is back within seconds. What failed
 (URLs, statuses, what the remote server said) goes into the log and the exception's message, which the server
 keeps in its log: the client hears only which backend failed.
 """
@@ -41,15 +44,20 @@ MAX_ANSWER_BYTES = 16 << 20
 """The default cap on one answer of a remote server."""
 DEFAULT_RETRY_AFTER_S = 1.0
 """How long a replica that answered 429 without a `Retry-After` is left alone."""
+EJECT_S = 1.0
+"""How long a replica that failed is set aside by default (doubled at each failure in a row)."""
+EJECT_DOUBLINGS = 3
+"""A replica failing again and again is set aside 2**3 = 8 times `eject_s` at most: about the longest a restarted
+replica waits for calls."""
 _NOT_THE_CLIENTS = {401, 403, 404, 408}
 """4xx answers that are not about the client's request: a key, URL or model name misconfigured here, a timeout."""
 
 
 class Balancer:
-    """Picks a replica per attempt, counts the requests each one has outstanding, and keeps busy ones (429) aside
-    until their `Retry-After` has passed."""
+    """Picks a replica per attempt, counts the requests each one has outstanding, keeps busy ones (429) aside
+    until their `Retry-After` has passed, and failed ones aside for a while (`failed`)."""
 
-    def __init__(self, urls: Sequence[str], policy: Balance = "round_robin"):
+    def __init__(self, urls: Sequence[str], policy: Balance = "round_robin", eject_s: float = EJECT_S):
         if not urls:
             raise ValueError("at least one base URL is needed")
         self.urls = list(urls)
@@ -57,6 +65,10 @@ class Balancer:
         self.outstanding = dict.fromkeys(self.urls, 0)
         self.busy_until = dict.fromkeys(self.urls, 0.0)
         """`time.monotonic()` before which a replica is not asked."""
+        self.eject_s = eject_s
+        self.failures_in_a_row = dict.fromkeys(self.urls, 0)
+        self.ejected_until = dict.fromkeys(self.urls, 0.0)
+        """`time.monotonic()` before which a replica that failed is asked only when every other one failed too."""
         self._turn = itertools.count()
 
     def next_turn(self) -> int:
@@ -71,10 +83,21 @@ class Balancer:
         free = [u for u in order if self.busy_until[u] <= now]
         if not free:
             return None
-        order = [u for u in free if u not in avoid] or free
+        order = [u for u in free if u not in avoid and self.ejected_until[u] <= now] or \
+            [u for u in free if u not in avoid] or free
         if self.policy == "least_outstanding":
             return min(order, key=lambda u: self.outstanding[u])  # ties go to the round-robin order
         return order[0]
+
+    def failed(self, url: str) -> None:
+        """An attempt at `url` failed: set it aside, twice as long as last time if its last attempt failed too."""
+        self.failures_in_a_row[url] += 1
+        seconds = self.eject_s * 2 ** min(self.failures_in_a_row[url] - 1, EJECT_DOUBLINGS)
+        self.ejected_until[url] = time.monotonic() + seconds
+
+    def answered(self, url: str) -> None:
+        """`url` answered: it is in the rotation again."""
+        self.failures_in_a_row[url], self.ejected_until[url] = 0, 0.0
 
     def throttle(self, url: str, seconds: float) -> None:
         self.busy_until[url] = max(self.busy_until[url], time.monotonic() + seconds)
@@ -127,9 +150,9 @@ class Upstream:
 
     def __init__(self, role: Role, urls: Sequence[str], *, balance: Balance = "round_robin", timeout_s: float,
                  retries: int, max_bytes: int = MAX_ANSWER_BYTES, api_key: str | None = None,
-                 max_connections: int = 256):
+                 max_connections: int = 256, eject_s: float = EJECT_S):
         self.role = role
-        self.balancer = Balancer(urls, balance)
+        self.balancer = Balancer(urls, balance, eject_s)
         self.timeout_s = timeout_s
         self.retries = retries
         self.max_bytes = max_bytes
@@ -154,11 +177,17 @@ class Upstream:
                     url = await self._next(failed, deadline, failures, turn)
                     backoff = 0.0  # a busy replica's wait is its Retry-After, taken in `_next`
                     try:
-                        return await self._attempt(url, path, payload, parse)
+                        answer = await self._attempt(url, path, payload, parse)
+                        self.balancer.answered(url)
+                        return answer
+                    except RemoteRequestError:  # it refused the request: the replica itself is fine
+                        self.balancer.answered(url)
+                        raise
                     except _Busy as busy:
                         self.balancer.throttle(url, busy.seconds)
                         failures.append(f"{url}: {busy}")
                     except _Failed as exc:
+                        self.balancer.failed(url)
                         failed.add(url)
                         failures.append(f"{url}: {exc}")
                         backoff = min(0.1 * 2**attempt, 2.0)

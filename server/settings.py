@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     upstream_retries: int = Field(2, ge=0, description="retries of a failed call to a remote server")
     upstream_max_bytes: int = Field(16 << 20, ge=1, description="largest answer read from a remote server; a longer "
                                     "one is that server's failure")
+    upstream_eject_s: float = Field(1.0, ge=0, description="how long a policy replica that failed is set aside, "
+                                    "doubled at each failure in a row up to 8 times as long (0: never)")
     upstream_api_key: str | None = Field(None, description="bearer key sent to remote servers")
     vllm_engine_args: dict[str, Any] = Field({}, description="extra vLLM AsyncEngineArgs (JSON)")
     api_keys: list[str] = Field([], description="accepted bearer keys; empty means no authentication")
@@ -185,7 +187,8 @@ class Settings(BaseSettings):
         if backend == "openai":
             return {"balance": self.openai_balance, "timeout_s": self.upstream_timeout_s,
                     "retries": self.upstream_retries, "api_key": self.upstream_api_key,
-                    "max_bytes": self.upstream_max_bytes, "tokenizer": self.openai_tokenizer}
+                    "max_bytes": self.upstream_max_bytes, "tokenizer": self.openai_tokenizer,
+                    "eject_s": self.upstream_eject_s}
         options: dict[str, Any] = {"allow_unverified": self.allow_unverified, "device": self.device}
         if backend == "vllm":
             options["engine_args"] = self.vllm_engine_args

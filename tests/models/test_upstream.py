@@ -33,6 +33,24 @@ def test_a_busy_replica_is_not_picked_until_its_time_is_up():
     assert 29 < balancer.free_in() <= 30
 
 
+@pytest.mark.parametrize("policy", ["round_robin", "least_outstanding"])
+def test_a_failed_replica_is_set_aside_longer_at_each_failure_and_back_once_it_answers(policy):
+    a, b = "http://a/v1", "http://b/v1"
+    balancer = Balancer([a, b], policy, eject_s=0.2)
+    balancer.failed(a)  # a dead replica answers at once, so least_outstanding would otherwise pick it every time
+    assert {balancer.pick() for _ in range(6)} == {b}
+    assert balancer.pick(avoid={b}) == a  # when every other replica failed this call, it is tried again
+    time.sleep(0.25)
+    assert a in {balancer.pick() for _ in range(2)}  # its time is up: back in the rotation
+    for seconds in (0.4, 0.8, 1.6, 1.6):  # failures in a row: twice as long each time, up to 8 × 0.2 s
+        balancer.failed(a)
+        assert seconds - 0.05 < balancer.ejected_until[a] - time.monotonic() <= seconds
+    balancer.failed(b)  # both set aside: both are still asked, rather than none
+    assert {balancer.pick() for _ in range(4)} <= {a, b} and balancer.pick() is not None
+    balancer.answered(a)
+    assert {balancer.pick() for _ in range(4)} == {a} and balancer.failures_in_a_row[a] == 0
+
+
 @pytest.mark.parametrize(("header", "seconds"), [("7", 7.0), (" 12 ", 12.0), (None, DEFAULT_RETRY_AFTER_S),
                                                  ("soon", DEFAULT_RETRY_AFTER_S), ("-3", DEFAULT_RETRY_AFTER_S)])
 def test_retry_after_in_seconds(header, seconds):

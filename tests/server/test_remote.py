@@ -79,6 +79,7 @@ def test_the_remote_servers_refusal_is_the_clients_400(front):
 
 CHAT = "/v1/chat/completions"
 DEADLINE_S = 3
+EJECT_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -87,18 +88,32 @@ def bad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield up
 
 
-@pytest.fixture(scope="module")
-def wary(bad: Server, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A bon server in front of `bad`: policy `pair` on replicas a and b, `pool` on c and d, `lone` on e alone;
-    its RM is replica r. Each policy has a balancer, so a replica kept aside after a 429 is kept aside by its own."""
-    config = tmp_path_factory.mktemp("wary") / "serve.toml"
-    replicas = {"pair": "ab", "pool": "cd", "lone": "e"}
+def _in_front_of(bad: Server, replicas: dict[str, str], log_dir: Path, config: Path, *args: str) -> Server:
+    """A bon server whose policies are on replicas of `bad` ({policy: replica letters}), its RM on replica r."""
     policies = "".join(f"[policies.{name}]\nbase_urls = {json.dumps([f'{bad.url}/{r}/v1' for r in names])}\n"
                        for name, names in replicas.items())
     reward = f'[reward]\nbackend = "remote"\nurl = "{bad.url}/r/classify"\n'
     config.write_text(f'policy_backend = "openai"\n{policies}{reward}')
-    with launch_server(Path("/nonexistent"), log_dir, "--config", str(config), "--upstream-timeout-s",
-                       str(DEADLINE_S), "--upstream-max-bytes", "65536", "--default-best-of", "1") as server:
+    return launch_server(Path("/nonexistent"), log_dir, "--config", str(config), "--upstream-timeout-s",
+                         str(DEADLINE_S), "--upstream-max-bytes", "65536", "--default-best-of", "1", *args)
+
+
+@pytest.fixture(scope="module")
+def wary(bad: Server, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A bon server in front of `bad`: policy `pair` on replicas a and b, `pool` on c and d, `lone` on e alone;
+    its RM is replica r. Each policy has a balancer, so a replica kept aside after a 429 is kept aside by its own.
+    A replica that failed is not set aside (`--upstream-eject-s 0`): each test sees the round robin alone."""
+    config = tmp_path_factory.mktemp("wary") / "serve.toml"
+    with _in_front_of(bad, {"pair": "ab", "pool": "cd", "lone": "e"}, log_dir, config, "--upstream-eject-s",
+                      "0") as server:
+        yield server.wait(timeout_s=60)
+
+
+@pytest.fixture(scope="module")
+def ejecting(bad: Server, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """As `wary`, with policy `pair` on replicas f and g, and a replica that failed set aside for `EJECT_S`."""
+    config = tmp_path_factory.mktemp("ejecting") / "serve.toml"
+    with _in_front_of(bad, {"pair": "fg"}, log_dir, config, "--upstream-eject-s", str(EJECT_S)) as server:
         yield server.wait(timeout_s=60)
 
 
@@ -144,6 +159,20 @@ def test_a_failing_replica_is_asked_first_by_every_other_request_not_by_all(bad,
     for _ in range(6):
         assert ask(wary, "pair", prompt).status_code == 200
     assert [replica for replica, _ in calls(bad, prompt)].count("a") == 3
+
+
+def test_a_failed_replica_is_set_aside_then_asked_again(bad, ejecting):
+    """After its failure, replica f is asked by no request for `EJECT_S` (six requests take well under that), then
+    asked again in its turn."""
+    prompt = "aside f=500 g=ok"
+    for _ in range(6):
+        assert ask(ejecting, "pair", prompt).status_code == 200
+    assert [replica for replica, _ in calls(bad, prompt)].count("f") == 1
+    time.sleep(EJECT_S)
+    prompt = "back f=ok g=ok"
+    for _ in range(2):
+        assert ask(ejecting, "pair", prompt).status_code == 200
+    assert sorted(replica for replica, _ in calls(bad, prompt) if replica != "r") == ["f", "g"]  # r: the RM
 
 
 @pytest.mark.parametrize("answer", ["huge", "notjson", "shape"])
