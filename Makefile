@@ -10,7 +10,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install install-vllm serve test test-slow test-vllm test-fleet lint build-default
+.PHONY: install install-vllm serve test test-slow test-vllm fleet lint build-default
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -60,10 +60,11 @@ test-slow: $(STAMP)
 test-vllm: $(VLLM_STAMP)
 	BON_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -q --durations=5 -m "vllm and not slow"
 
-# The fleet of docs/deploy.md on this machine: three vLLM servers, two bon front ends, a replica killed and restarted
-# under load. Minutes of work, so `make test` leaves it out; it prints the fleet's figures.
-test-fleet: $(VLLM_STAMP)
-	BON_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -q -s --durations=1 -m "vllm and slow" tests/loadtest/test_fleet.py
+# The fleet of docs/deploy.md on the shipped checkpoints: three vLLM servers, three bon front ends, a replica killed
+# and restarted under load. Minutes of work; it prints the figures and writes runs/fleet-<time>.json. (`make test`
+# runs the same fleet on the tiny checkpoints, beside the vLLM servers its other tests share.)
+fleet: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m loadtest.fleet --policy checkpoints/sft --reward checkpoints/rm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

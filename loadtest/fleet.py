@@ -5,8 +5,10 @@
 Each on a free port, it starts `--replicas` vLLM OpenAI servers of the policy (`vllm serve`), one vLLM server of
 the reward model (the pooling runner), `--front-ends` bon front ends using them all (`--policy-backend openai` with
 every replica, `--reward-backend remote` on the RM's `/classify`), and one more bon front end with the first
-replica alone: the baseline. Then, one after another, `--concurrency` clients send best_of=N requests in a closed
-loop (each sends its next request when its last one is answered):
+replica alone: the baseline. Servers already running can stand in for some of the vLLM servers (`--replica-url`,
+before the ones started; `--reward-url`): they serve the same checkpoints under their directories' names, and the
+fleet uses them but never stops or kills them. Then, one after another, `--concurrency` clients send best_of=N
+requests in a closed loop (each sends its next request when its last one is answered):
 
 - warm-up: a few requests through every front end, so that every replica has served before anything is measured;
 - single: every client on the baseline, one front end and one replica, for `--phase` seconds;
@@ -69,6 +71,11 @@ class FleetConfig:
     out: Path
     """The report; the servers' logs go to `<out without .json>-logs/`."""
     replicas: int = 2
+    """Policy replicas this run starts; the last of them is the one killed."""
+    replica_urls: tuple[str, ...] = ()
+    """Policy replicas already running (vLLM OpenAI servers of `policy`), used before the ones started."""
+    reward_url: str | None = None
+    """A vLLM pooling server of `reward` already running, instead of one this run starts."""
     front_ends: int = 2
     concurrency: int = 4
     """Clients, each on one front end."""
@@ -94,8 +101,8 @@ class FleetConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.replicas < 2:
-            raise ValueError("failover needs at least two replicas")
+        if self.replicas < 1 or self.replicas + len(self.replica_urls) < 2:
+            raise ValueError("failover needs at least two replicas, one of them started here (it is killed)")
         if not 1 <= self.front_ends <= self.concurrency:
             raise ValueError("at least one front end, and a client for each")
         if min(self.best_of, self.max_tokens, self.after_restart) < 1 or min(self.phase_s, self.kill_after_s) < 0:
@@ -189,12 +196,13 @@ def _vllm(cfg: FleetConfig, model: Path, pooling: bool = False) -> list[str]:
     return command
 
 
-def _front_end(cfg: FleetConfig, replicas: Sequence[Server], rm: Server) -> list[str]:
+def _front_end(cfg: FleetConfig, replicas: Sequence[str], rm: str) -> list[str]:
+    """A bon front end on the policy replicas and the RM server at these URLs."""
     command = [*cfg.bon_command, "--policy-backend", "openai", "--policy", cfg.policy.resolve().name]
     for replica in replicas:
-        command += ["--openai-base-url", replica.url + "/v1"]
+        command += ["--openai-base-url", replica + "/v1"]
     return [*command, "--openai-tokenizer", str(cfg.policy), "--reward-backend", "remote",
-            "--reward-url", rm.url + "/classify", "--reward-model", cfg.reward.resolve().name,
+            "--reward-url", rm + "/classify", "--reward-model", cfg.reward.resolve().name,
             "--default-best-of", str(cfg.best_of), "--max-best-of", str(max(cfg.best_of, 32)),
             "--upstream-timeout-s", str(cfg.request_timeout_s), "--log-level", "warning", "--no-access-log"]
 
@@ -274,21 +282,29 @@ class FleetRun:
     def __init__(self, cfg: FleetConfig):
         self.cfg = cfg
         self.fleet = Fleet(cfg.log_dir)
-        self.replicas = [f"replica-{i}" for i in range(cfg.replicas)]
+        given = len(cfg.replica_urls)
+        self.replicas = [f"replica-{i}" for i in range(given + cfg.replicas)]
+        self.started_replicas = self.replicas[given:]
         self.front_ends = [f"front-end-{i}" for i in range(cfg.front_ends)]
+        self.urls: dict[str, str] = dict(zip(self.replicas, cfg.replica_urls, strict=False))
+        """Where each replica and the RM (`rm`) listen, filled in as they start."""
+        if cfg.reward_url is not None:
+            self.urls["rm"] = cfg.reward_url
 
     def start(self) -> dict[str, float]:
         """Every server, ready; seconds the vLLM servers and then the front ends took to start."""
         cfg, fleet = self.cfg, self.fleet
         started = time.monotonic()
-        engines = [fleet.start(name, _vllm(cfg, cfg.policy)) for name in self.replicas]
-        engines.append(fleet.start("rm", _vllm(cfg, cfg.reward, pooling=True)))
+        engines = [fleet.start(name, _vllm(cfg, cfg.policy)) for name in self.started_replicas]
+        if cfg.reward_url is None:
+            engines.append(fleet.start("rm", _vllm(cfg, cfg.reward, pooling=True)))
         for server in engines:
             server.wait("/v1/models", cfg.start_timeout_s)  # vLLM listens only once its engine is up
+        self.urls.update((name, server.url) for name, server in fleet.servers.items())
         vllm_s = time.monotonic() - started
-        replicas, rm = engines[:-1], engines[-1]
-        fronts = [fleet.start(name, _front_end(cfg, replicas, rm)) for name in self.front_ends]
-        fronts.append(fleet.start("baseline", _front_end(cfg, replicas[:1], rm)))
+        replicas = [self.urls[name] for name in self.replicas]
+        fronts = [fleet.start(name, _front_end(cfg, replicas, self.urls["rm"])) for name in self.front_ends]
+        fronts.append(fleet.start("baseline", _front_end(cfg, replicas[:1], self.urls["rm"])))
         for server in fronts:
             server.wait("/ready", cfg.start_timeout_s)
         return {"vllm_s": round(vllm_s, 3), "front_ends_s": round(time.monotonic() - started - vllm_s, 3)}
@@ -297,7 +313,7 @@ class FleetRun:
         return {name: self.fleet.servers[name] for name in names}
 
     async def _sequences(self, client: httpx.AsyncClient) -> dict[str, int]:
-        return {name: await finished_sequences(client, self.fleet.servers[name].url) for name in self.replicas}
+        return {name: await finished_sequences(client, self.urls[name]) for name in self.replicas}
 
     async def _measured(self, load: Load, client: httpx.AsyncClient, names: Sequence[str]) -> dict[str, Any]:
         before = await self._sequences(client)
@@ -320,7 +336,7 @@ class FleetRun:
         async def chaos() -> None:
             try:
                 await asyncio.sleep(cfg.kill_after_s)
-                url = self.fleet.servers[victim].url
+                url = self.urls[victim]
                 deadline = time.perf_counter() + max(cfg.phase_s, 10.0)
                 while (running := await vllm_metric(client, url, "vllm:num_requests_running")) == 0 \
                         and time.perf_counter() < deadline:
@@ -424,7 +440,12 @@ def parse_args(argv: Sequence[str] | None = None) -> FleetConfig:
     p.add_argument("--policy", type=Path, required=True, help="policy checkpoint directory (Hugging Face format)")
     p.add_argument("--reward", type=Path, required=True, help="reward-model checkpoint directory")
     p.add_argument("--out", type=Path, default=None, help="report path (default runs/fleet-<timestamp>.json)")
-    p.add_argument("--replicas", type=int, default=2, help="vLLM servers of the policy")
+    p.add_argument("--replicas", type=int, default=2,
+                   help="vLLM servers of the policy to start; the last one is killed and restarted")
+    p.add_argument("--replica-url", action="append", default=[],
+                   help="a vLLM server of the policy already running, used as a replica first (repeatable)")
+    p.add_argument("--reward-url", default=None,
+                   help="a vLLM pooling server of the reward model already running, used instead of starting one")
     p.add_argument("--front-ends", type=int, default=2, help="bon front ends using every replica")
     p.add_argument("--concurrency", type=int, default=4, help="clients, spread over the front ends")
     p.add_argument("--best-of", type=int, default=4)
@@ -445,7 +466,9 @@ def parse_args(argv: Sequence[str] | None = None) -> FleetConfig:
     try:
         return FleetConfig(policy=args.policy, reward=args.reward,
                            out=args.out or Path("runs") / f"fleet-{time.strftime('%Y%m%d-%H%M%S')}.json",
-                           replicas=args.replicas, front_ends=args.front_ends, concurrency=args.concurrency,
+                           replicas=args.replicas, replica_urls=tuple(u.rstrip("/") for u in args.replica_url),
+                           reward_url=args.reward_url and args.reward_url.rstrip("/"), front_ends=args.front_ends,
+                           concurrency=args.concurrency,
                            best_of=args.best_of, max_tokens=args.max_tokens, phase_s=args.phase,
                            kill_after_s=args.kill_after, after_restart=args.after_restart,
                            vllm_command=tuple(args.vllm_command), start_timeout_s=args.start_timeout,

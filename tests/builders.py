@@ -303,7 +303,8 @@ def launch_server(checkpoints: Path, log_dir: Path, *args: str, command: tuple[s
     """`python -m server` (or `bon serve`) on a free port, as a user starts it (call `wait` before using it)."""
     port = free_port()
     env = {**os.environ, "BON_CHECKPOINTS": str(checkpoints), "BON_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
+           "TOKENIZERS_PARALLELISM": "false", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1",
+           "VLLM_CPU_OMP_THREADS_BIND": "nobind"}  # else every vLLM engine of the session is pinned to one core
     return start_server([*command, "--port", str(port), *args], f"http://127.0.0.1:{port}",
                         log_dir / f"server-{port}.log", env=env, cwd=REPO)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.servers import BON_SERVE, Server, free_port
+from common.servers import BON_SERVE, VLLM_SERVE, Server, free_port
 from tests.builders import (
     API_KEY,
     BROKEN_ADMIN_KEY,
@@ -94,6 +94,29 @@ def vllm_server(tiny_checkpoints: Path, log_dir: Path) -> Iterator[Server]:
                        '{"enforce_eager": true}', "--max-best-of", "32", "--max-in-flight", "16",
                        "--max-prompt-tokens", "4096", "--default-best-of", "4") as server:
         yield server.wait(timeout_s=300)
+
+
+VLLM_PEER_ARGS = ("--enforce-eager", "--max-model-len", "256", "--kv-cache-memory-bytes", str(256 << 20), "--host",
+                  "127.0.0.1", "--uvicorn-log-level", "warning")
+"""Both vLLM servers: eager (no compilation to wait for), the tiny models' context, and a small KV cache, which the
+CPU build would otherwise size from the machine's RAM."""
+
+
+@pytest.fixture(scope="session")
+def vllm_peers(tiny_checkpoints: Path, log_dir: Path) -> Iterator[dict[str, Server]]:
+    """vLLM's own OpenAI servers of the tiny checkpoints, started together and shared by the vLLM tests (a minute
+    or more each on two cores): `policy` serves `sft`, `rm` serves `rm` with the pooling runner in float32 (the
+    checkpoint's dtype, as bon's hf backend scores it)."""
+    launched = {
+        "policy": launch_server(tiny_checkpoints, log_dir, "--model", str(tiny_checkpoints / "sft"),
+                                "--served-model-name", "sft", *VLLM_PEER_ARGS, command=VLLM_SERVE),
+        "rm": launch_server(tiny_checkpoints, log_dir, "--model", str(tiny_checkpoints / "rm"), "--served-model-name",
+                            "rm", "--runner", "pooling", "--dtype", "float32", *VLLM_PEER_ARGS, command=VLLM_SERVE)}
+    try:
+        yield {name: server.wait("/v1/models", timeout_s=300) for name, server in launched.items()}  # up once listening
+    finally:
+        for server in launched.values():
+            server.stop()
 
 
 @pytest.fixture(scope="session")

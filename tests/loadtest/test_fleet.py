@@ -1,9 +1,10 @@
-"""`python -m loadtest.fleet` on the shipped checkpoints: two vLLM policy replicas, a vLLM reward-model server and
-two bon front ends (plus a baseline front end on one replica) as processes on this machine, load-tested while one
+"""`python -m loadtest.fleet` on the tiny checkpoints: two vLLM policy replicas, a vLLM reward-model server and two
+bon front ends (plus a baseline front end on one replica) as processes on this machine, load-tested while one
 replica is killed with SIGKILL and restarted. Real engines (vLLM's CPU build); no timing is asserted, only that
 every request was answered, where the work went, and that the failover happened as planned.
 
-Three vLLM servers start, and one starts again under load, so this takes minutes: `make test-fleet`.
+The session's vLLM servers (`vllm_peers`) are the first replica and the RM; the fleet starts the second replica,
+the one it kills, and the front ends. A few minutes of work all the same: the replica starts twice.
 """
 
 from __future__ import annotations
@@ -12,26 +13,31 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from common.servers import Server
 from tests.builders import REPO
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = pytest.mark.vllm
 
 BEST_OF = 4
 AFTER_RESTART = 8
-RUN_TIMEOUT_S = 1500
+RUN_TIMEOUT_S = 900
 """The fleet's own deadlines (each server's start, the restart) come first; this one only bounds a hung run."""
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 60)
-def test_the_fleet_answers_every_request_while_a_policy_replica_is_killed_and_restarted(tmp_path):
+def test_the_fleet_answers_every_request_while_a_policy_replica_is_killed_and_restarted(
+        tmp_path: Path, tiny_checkpoints: Path, vllm_peers: dict[str, Server]):
     out = tmp_path / "fleet.json"
     done = subprocess.run(
-        [sys.executable, "-m", "loadtest.fleet", "--policy", str(REPO / "checkpoints" / "sft"), "--reward",
-         str(REPO / "checkpoints" / "rm"), "--concurrency", "4", "--best-of", str(BEST_OF), "--max-tokens", "16",
-         "--phase", "10", "--kill-after", "2", "--after-restart", str(AFTER_RESTART), "--out", str(out)],
+        [sys.executable, "-m", "loadtest.fleet", "--policy", str(tiny_checkpoints / "sft"), "--reward",
+         str(tiny_checkpoints / "rm"), "--replica-url", vllm_peers["policy"].url, "--replicas", "1",
+         "--reward-url", vllm_peers["rm"].url, "--concurrency", "4", "--best-of", str(BEST_OF), "--max-tokens", "16",
+         "--phase", "6", "--kill-after", "2", "--after-restart", str(AFTER_RESTART), "--start-timeout", "300",
+         "--out", str(out)],
         cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     print(done.stdout)

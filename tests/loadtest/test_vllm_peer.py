@@ -7,34 +7,24 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bon.cli import main
-from common.servers import VLLM_SERVE, Server
-from tests.builders import launch_server
+from common.servers import Server
 
 pytestmark = pytest.mark.vllm
 
 MAX_TOKENS = 12
 REQUESTS = 3
-KV_CACHE_BYTES = 256 << 20
-"""A small KV cache for vLLM's server: the CPU build would otherwise size it from the machine's RAM."""
 
 
 @pytest.fixture(scope="module")
-def servers(tiny_checkpoints: Path, log_dir: Path, vllm_server: Server) -> Iterator[dict[str, Server]]:
+def servers(vllm_peers: dict[str, Server], vllm_server: Server) -> dict[str, Server]:
     """vLLM's own server of the checkpoint that `vllm_server` (bon, vllm backend) serves."""
-    vllm_args = ("--model", str(tiny_checkpoints / "sft"), "--served-model-name", "sft", "--enforce-eager",
-                 "--max-model-len", "256", "--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--host", "127.0.0.1")
-    peer = launch_server(tiny_checkpoints, log_dir, *vllm_args, command=VLLM_SERVE)
-    try:
-        yield {"vllm": peer.wait("/v1/models", timeout_s=300), "bon": vllm_server}  # vLLM listens once it is up
-    finally:
-        peer.stop()
+    return {"vllm": vllm_peers["policy"], "bon": vllm_server}
 
 
 def loadtest(capsys: pytest.CaptureFixture[str], *flags: str) -> dict[str, Any]:

@@ -29,7 +29,6 @@ torch again); everything else here takes a few seconds.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import pytest
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from common.servers import VLLM_SERVE, Server
+from common.servers import Server
 from models.interface import RewardSpec, ScoreItem, activate, classify_activation
 from models.reward_hf import HFReward
 from models.reward_remote import RemoteReward
@@ -98,25 +97,11 @@ def rm_root(tiny_checkpoints: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(rm_root: Path, log_dir: Path) -> Iterator[dict[str, Server]]:
-    """vLLM serving the RM, and a bon server (hf backends) serving the same RM, started together."""
-    logs = log_dir
-    # --kv-cache-memory-bytes: 64 MiB holds 64k tokens of this 2-layer model; the CPU default would take GiBs.
-    # --dtype float32: the checkpoint's dtype and the hf backend's on CPU, so parity is float32 rounding only.
-    vllm_args = ("--model", str(rm_root / "rm"), "--served-model-name", "rm", "--runner", "pooling",
-                 "--enforce-eager", "--max-model-len", "256", "--dtype", "float32",
-                 "--kv-cache-memory-bytes", str(64 << 20), "--host", "127.0.0.1", "--uvicorn-log-level", "warning")
-    started = time.monotonic()
-    launched = {"vllm": launch_server(rm_root, logs, *vllm_args, command=VLLM_SERVE),
-                "bon": launch_server(rm_root, logs)}
-    try:
-        launched["vllm"].wait("/health", timeout_s=300)  # vLLM listens only once its engine is up
-        print(f"vLLM RM server up in {time.monotonic() - started:.0f} s (bon server starting beside it)")
-        launched["bon"].wait(timeout_s=300)
-        yield launched
-    finally:
-        for server in launched.values():
-            server.stop()
+def servers(rm_root: Path, log_dir: Path, vllm_peers: dict[str, Server]) -> Iterator[dict[str, Server]]:
+    """vLLM serving the RM (float32, eager, a small KV cache: `vllm_peers`), and a bon server (hf backends) serving
+    the same RM."""
+    with launch_server(rm_root, log_dir) as bon:
+        yield {"vllm": vllm_peers["rm"], "bon": bon.wait(timeout_s=300)}
 
 
 @pytest.fixture(scope="module")
