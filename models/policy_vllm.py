@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import multiprocessing
 import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -48,6 +50,8 @@ from models.interface import (
     best_rows,
     verified_copy,
 )
+
+log = logging.getLogger(__name__)
 
 _VLLM_DEFAULT_UTILIZATION = 0.9
 _CPU_KV_CACHE_BYTES = 2 << 30
@@ -98,8 +102,12 @@ class VLLMPolicy:
                                     **spec.options.get("engine_args", {})},
                                    int(spec.options.get("engines", 1)), current_platform.is_cpu())
         with ExitStack() as checkpoint:
-            source, version = checkpoint.enter_context(
-                verified_copy(spec.path, "policy", spec.options.get("allow_unverified", False)))
+            if engine_args["load_format"] == "dummy":  # random weights of config.json's shape: nothing to verify
+                log.warning("policy %s: random weights of the shape in %s (load_format=dummy)", spec.name, spec.path)
+                source, version = Path(spec.path), f"dummy-{Path(spec.path).resolve().name}"
+            else:
+                source, version = checkpoint.enter_context(
+                    verified_copy(spec.path, "policy", spec.options.get("allow_unverified", False)))
             engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(source), **engine_args))
             try:
                 tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False, local_files_only=True)
