@@ -2,6 +2,11 @@
 
 A file is written to a hidden sibling, flushed to disk, then renamed over the old one (`write_atomic`); a
 directory is built as a hidden sibling, then swapped in by renames (`replacing_directory`, `swap_directory`).
+
+The hidden siblings of a directory are named after the host and the process that made them
+(`.<name>.tmp-<host>-<pid>-*`, `.<name>.old-<host>-<pid>-*`), so that the next replacement can tell what a
+process that died (killed while writing, or between the renames) left behind from what a live one is writing,
+and clean up after it (`sweep_leftovers`).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,19 +51,60 @@ def swap_directory(new: Path, target: Path) -> None:
     """
     old = None
     if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}-{time.time_ns()}"
+        old = target.parent / f".{target.name}.old-{_owner()}-{time.time_ns()}"
         os.rename(target, old)
     os.rename(new, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _host() -> str:
+    return "".join(c if c.isalnum() else "_" for c in socket.gethostname())
+
+
+def _owner() -> str:
+    """`<host>-<pid>` of this process, as the hidden siblings' names carry it."""
+    return f"{_host()}-{os.getpid()}"
+
+
+def _dead(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def sweep_leftovers(target: Path) -> list[Path]:
+    """Remove what processes of this host that have died left beside `target`: half-built directories, and old
+    ones moved aside before the new one took their place. When `target` itself is missing (a crash between the
+    renames), the newest old one is put back instead of removed. The paths removed or put back."""
+    target = Path(target)
+    ours = f"-{_host()}-"
+    found: dict[str, list[Path]] = {"tmp": [], "old": []}
+    for kind in found:
+        for path in target.parent.glob(f".{target.name}.{kind}{ours}*"):
+            pid = path.name.removeprefix(f".{target.name}.{kind}{ours}").split("-", 1)[0]
+            if pid.isdigit() and _dead(int(pid)):
+                found[kind].append(path)
+    if found["old"] and not target.exists():
+        newest = max(found["old"], key=lambda p: int(p.name.rsplit("-", 1)[1]))
+        os.rename(newest, target)
+    for path in found["tmp"] + found["old"]:
+        shutil.rmtree(path, ignore_errors=True)
+    return found["tmp"] + found["old"]
+
+
 @contextmanager
 def replacing_directory(target: Path) -> Iterator[Path]:
-    """An empty hidden sibling of `target` to fill; swapped in at `target` when the block ends, deleted if it raises."""
+    """An empty hidden sibling of `target` to fill; swapped in at `target` when the block ends, deleted if it raises.
+    What a process that died while replacing `target` left beside it is cleaned up first (`sweep_leftovers`)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    sweep_leftovers(target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-{_owner()}-"))
     try:
         yield tmp
         swap_directory(tmp, target)

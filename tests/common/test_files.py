@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common.files import replacing_directory, swap_directory, write_atomic
+from common.files import replacing_directory, swap_directory, sweep_leftovers, write_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -174,17 +174,34 @@ with replacing_directory(Path(sys.argv[1])) as tmp:
 """
 
 
-def test_a_crash_while_filling_leaves_the_old_directory_in_place(tmp_path: Path):
+def test_a_crash_while_filling_leaves_the_old_directory_in_place_and_the_next_write_cleans_up(tmp_path: Path):
     target = tmp_path / "ckpt"
     swap_directory(_made(tmp_path / "first", ["weights"]), target)
     assert _python(CRASH_WHILE_FILLING, str(target)).returncode == 3
     assert [p.name for p in target.iterdir()] == ["weights"]
+    (half,) = tmp_path.glob(".ckpt.tmp-*")
+    with replacing_directory(target) as tmp:  # the dead writer's half-built directory goes
+        assert not half.exists()
+        (tmp / "weights2").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
-def test_a_crash_between_the_renames_leaves_the_old_directory_whole_beside_the_target(tmp_path: Path):
+def test_a_crash_between_the_renames_leaves_the_old_directory_whole_and_the_next_write_puts_it_back(
+        tmp_path: Path):
     target = tmp_path / "ckpt"
     swap_directory(_made(tmp_path / "first", ["weights", "manifest.json"]), target)
     assert _python(CRASH_BETWEEN_RENAMES, str(target)).returncode == 3
     assert not target.exists()
     (old,) = tmp_path.glob(".ckpt.old-*")
     assert sorted(p.name for p in old.iterdir()) == ["manifest.json", "weights"]
+    assert sweep_leftovers(target)  # the old one back at its name, the dead writer's new one removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert sorted(p.name for p in target.iterdir()) == ["manifest.json", "weights"]
+
+
+def test_what_a_live_writer_is_building_is_left_alone(tmp_path: Path):
+    target = tmp_path / "ckpt"
+    with replacing_directory(target) as mine:  # this process is alive: its directory is not a leftover
+        assert sweep_leftovers(target) == [] and mine.is_dir()
+        (mine / "weights").write_text("w")
+    assert [p.name for p in target.iterdir()] == ["weights"]
