@@ -32,6 +32,11 @@ Activation = Literal["sigmoid", "identity"]
 Role = Literal["policy", "reward"]
 """Which of the two a backend is, as errors name it to the client."""
 
+SAMPLING_EPS = 1e-6
+"""A temperature below this samples as 0 (greedy), and a top_p below it as this: the limits they tend to, the
+same answers, and values float32 arithmetic cannot take (a temperature of 1e-40 is a division by zero there, a
+top_p of 1e-300 is 0 and would drop every token)."""
+
 
 @dataclass(frozen=True)
 class GenerationParams:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from models.batching import pad_batch, position_ids
-from models.interface import Cancelled
+from models.interface import SAMPLING_EPS, Cancelled
 
 # transformers 5.24 renames `past_key_values` to `cache`; the GPU image's 5.17 knows only the old name.
 warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
@@ -128,8 +128,9 @@ class Job:
 
 
 def _next_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """Greedy at temperature 0; otherwise temperature and nucleus (top-p) sampling."""
-    if params.temperature <= 0:
+    """Greedy at temperature 0 (below `SAMPLING_EPS`); otherwise temperature and nucleus (top-p) sampling, which
+    always keeps each row's top token."""
+    if params.temperature < SAMPLING_EPS:
         return logits.argmax(dim=-1)
     logits = logits.float() / params.temperature  # (R, V)
     if params.top_p < 1.0:
@@ -137,6 +138,7 @@ def _next_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # Drop a token once the mass before it already reaches top_p; the top token always stays.
         drop = cumulative - sorted_logits.softmax(dim=-1) >= params.top_p
+        drop[:, 0] = False  # even where top_p rounds to 0 in float32
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)

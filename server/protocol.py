@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from models.interface import SAMPLING_EPS
 from server.selection import Strategy
 
 # OpenAI fields that change what a client gets back and that this server cannot honour.
@@ -38,12 +39,8 @@ def _check_stop(stop: str | list[str] | None) -> str | list[str] | None:
 
 Stop = Annotated[str | list[str] | None, AfterValidator(_check_stop)]
 
-SAMPLING_EPS = 1e-6
-"""A temperature below this is sampled as 0 (greedy) and a top_p below it as this: the limits they tend to, the
-same answers, and values the samplers' float32 arithmetic cannot take (a temperature of 1e-40 is a division by
-zero there, a top_p of 1e-300 is 0 and drops every token)."""
-
-
+# At the API already, so that a tiny temperature is planned as greedy (one candidate) and every backend, vLLM's
+# too, gets the values its sampler can take.
 def _tiny_temperature_is_greedy(temperature: float | None) -> float | None:
     return 0.0 if temperature is not None and temperature < SAMPLING_EPS else temperature
 

@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from models.interface import Cancelled
-from models.sampling import Decoder, Job, Rejection, SamplingParams, sample
+from models.sampling import Decoder, Job, Rejection, SamplingParams, _next_tokens, sample
 
 PAD, EOS = 0, 2
 
@@ -198,3 +198,13 @@ def test_a_verdict_that_comes_after_every_row_finished_still_decides(model):
     decoder.step()
     assert decoder.parked == [] and [s.finish_reason for s in job.done.result()[0]] == ["rejected", "rejected",
                                                                                          "length"]
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1e-40, 1.0), (1e-7, 1.0), (1.0, 1e-300), (0.7, 1e-9)])
+def test_values_too_small_for_float32_sample_the_top_token(temperature, top_p):
+    """A temperature under SAMPLING_EPS is greedy; a top_p that rounds to 0 still keeps each row's top token."""
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    params = SamplingParams(temperature=temperature, top_p=top_p)
+    for seed in range(3):
+        chosen = _next_tokens(logits, params, torch.Generator().manual_seed(seed))
+        assert chosen.tolist() == logits.argmax(dim=-1).tolist()

@@ -7,11 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from models.interface import SAMPLING_EPS
 from server.errors import from_validation_error
 from server.protocol import (
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,
-    SAMPLING_EPS,
     ChatCompletionRequest,
     ClassifyRequest,
     CompletionRequest,
