@@ -157,14 +157,9 @@ def plan_request(req: p.ChatCompletionRequest | p.CompletionRequest, endpoint: E
         raise invalid(f"best_of must be at most {settings.max_best_of}", param="best_of")
     if n > best_of:
         raise invalid(f"n ({n}) must not exceed best_of ({best_of})", param="n")
-    early_rejection = None
-    if req.early_rejection is not None:
-        if not entry.backend.supports_early_rejection:
-            raise invalid(f"early_rejection needs the hf or vllm policy backend; {req.model!r} is served by another",
-                          param="early_rejection")
-        keep = max(n, math.ceil(req.early_rejection.keep * best_of))
-        if keep < best_of and req.temperature != 0:  # at temperature 0 one candidate is sampled: nothing to cut
-            early_rejection = (req.early_rejection.after_tokens, keep)
+    if req.early_rejection is not None and not entry.backend.supports_early_rejection:
+        raise invalid(f"early_rejection needs the hf or vllm policy backend; {req.model!r} is served by another",
+                      param="early_rejection")
     if req.stream_options is not None and not req.stream:
         raise invalid("stream_options is only allowed with stream: true", param="stream_options")
     stop = tuple(s for s in ([req.stop] if isinstance(req.stop, str) else req.stop or []) if s)
@@ -174,8 +169,11 @@ def plan_request(req: p.ChatCompletionRequest | p.CompletionRequest, endpoint: E
                 seed=req.seed if req.seed is not None else random.SystemRandom().randrange(2**63),
                 selection=req.selection, selection_temperature=req.selection_temperature,
                 return_candidates=req.return_candidates, stream=req.stream,
-                include_usage=bool(req.stream_options and req.stream_options.include_usage),
-                early_rejection=early_rejection)
+                include_usage=bool(req.stream_options and req.stream_options.include_usage))
+    if req.early_rejection is not None:
+        keep = max(n, math.ceil(req.early_rejection.keep * best_of))
+        if keep < plan.samples:  # else nothing is cut: every candidate is kept, or one is sampled (temperature 0)
+            plan = replace(plan, early_rejection=(req.early_rejection.after_tokens, keep))
     budget = settings.inflight_token_budget()
     if plan.cost > budget:
         param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
