@@ -41,7 +41,8 @@ def stressed(tiny_checkpoints: Path, log_dir: Path) -> Iterator[dict[str, Server
                                  "--max-queue", str(CAPACITY["max_queue"]), "--max-inflight-tokens", str(BUDGET),
                                  "--max-best-of", "256", "--default-best-of", "2", "--default-max-tokens", "8",
                                  "--retry-after-s", "3"),
-        "doomed": launch_server(tiny_checkpoints, log_dir, "--max-in-flight", "1", "--shutdown-grace-s", "60")}
+        "doomed": launch_server(tiny_checkpoints, log_dir, "--max-in-flight", "1", "--shutdown-grace-s", "60",
+                                "--max-best-of", "256")}
     try:
         yield {name: server.wait() for name, server in launched.items()}
     finally:
@@ -181,7 +182,7 @@ def test_sigterm_finishes_the_requests_in_flight_refuses_new_ones_and_exits_0(st
 
     async def run() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(base_url=doomed.url, timeout=120) as c:
-            running = asyncio.create_task(c.post(CHAT, json=_chat(best_of=32, max_tokens=230, ignore_eos=True)))
+            running = asyncio.create_task(c.post(CHAT, json=_chat(**LONG)))  # seconds: still running at the end
             await wait_until_async(lambda: metric(doomed, "bon_requests_in_flight") == 1, 30)
             queued = asyncio.create_task(c.post(CHAT, json=_chat(best_of=2, max_tokens=8)))
             await wait_until_async(lambda: metric(doomed, "bon_requests_queued") == 1, 30)
