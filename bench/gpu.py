@@ -47,7 +47,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 from bench.http import launch, vllm_version
-from common.cli import positive_ints
+from common.cli import positive_ints, script_logging
 from common.files import write_atomic
 from common.servers import BON_SERVE, VLLM_SERVE, Server
 from loadtest.prompts import Messages, from_world
@@ -432,8 +432,7 @@ def parse_args(argv: Sequence[str] | None = None) -> GpuBenchConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    script_logging()
     results = run(cfg)
     sys.stdout.write(table(results) + "\n")
     return 0

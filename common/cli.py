@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
 _CONVERTED = (int, float, str, Path)
+
+
+def script_logging() -> None:
+    """The logging of the long-running scripts (soak, fleet, GPU benchmark): INFO lines with their time, without
+    one line per HTTP request."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def positive_ints(value: object) -> tuple[int, ...]:

@@ -46,6 +46,7 @@ from typing import Any
 
 import httpx
 
+from common.cli import script_logging
 from common.files import write_atomic
 from common.servers import BON_SERVE, VLLM_SERVE, Server, free_port, start_server
 from loadtest.client import RequestRecord, RequestSpec, send
@@ -479,8 +480,7 @@ def parse_args(argv: Sequence[str] | None = None) -> FleetConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    script_logging()
     report = run(cfg)
     write_atomic(cfg.out, json.dumps(report, indent=2) + "\n")
     sys.stdout.write(f"{summary_line(report)}\nreport: {cfg.out}\n")

@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from common.cli import script_logging
 from common.files import write_atomic
 from loadtest.client import RequestRecord, RequestSpec, send
 from loadtest.prompts import BUILTIN, as_messages
@@ -451,8 +452,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    script_logging()
     try:
         config = SoakConfig(url=args.url.rstrip("/").removesuffix("/v1"), duration_s=args.minutes * 60,
                             pid=args.pid, concurrency=args.concurrency, best_of=args.best_of,
