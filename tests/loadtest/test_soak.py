@@ -40,6 +40,7 @@ def test_a_short_soak_with_swaps_gets_no_server_error_and_reads_the_server_proce
          "--swap-policy", "live=ppo,dpo", "--swap-reward", "rm-v2,rm", "--sample-every", "5", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(done.stdout)  # the soak's summary, for -s
     assert [p.name for p in tmp_path.iterdir()] == ["soak.json"]  # written atomically: no temporary file left
     report = json.loads(out.read_text())
 

@@ -141,6 +141,8 @@ def test_a_client_that_goes_away_stops_its_generation_within_a_second(bounded, s
     assert time.monotonic() - gone < 1.0
     assert metric(bounded, "bon_requests_cancelled_total") == cancelled + 1
     generated = metric(bounded, "bon_cancelled_tokens_total", reason="client_closed") - tokens
+    print(f"\nclient gone after 0.5 s: {generated:.0f} of {LONG_TOKENS} tokens generated, stopped within "
+          f"{time.monotonic() - gone:.2f} s")
     assert 0 < generated < LONG_TOKENS  # what it cost until it stopped, short of the whole request
 
 
@@ -169,6 +171,7 @@ def test_a_burst_of_ten_times_capacity_gets_only_200_and_429(bounded):
         if response.status_code == 429:
             assert error(response, 429)["code"] == "queue_full" and response.headers["retry-after"] == "3"
     admitted = sorted(seconds for r, seconds in results if r.status_code == 200)
+    print(f"\nburst of {burst}: {dict(statuses)}, slowest admitted {admitted[-1]:.3f} s, RSS +{growth >> 10} KiB")
     assert admitted[-1] < 10, admitted  # at most the queue's length of small requests ahead of any of them
     assert growth < 64 << 20, f"RSS grew by {growth >> 20} MiB over the burst"
 
