@@ -208,3 +208,16 @@ def test_values_too_small_for_float32_sample_the_top_token(temperature, top_p):
     for seed in range(3):
         chosen = _next_tokens(logits, params, torch.Generator().manual_seed(seed))
         assert chosen.tolist() == logits.argmax(dim=-1).tolist()
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_tokens_are_drawn_with_their_probabilities_and_cut_ones_never(top_p):
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0, 0.5]]).expand(40_000, -1)
+    probs = logits[0].softmax(-1)
+    kept = torch.tensor([True, True, top_p == 1.0, top_p == 1.0, top_p == 1.0, True])  # top_p 0.8: 0, 1, then 5
+    expected = torch.where(kept, probs, 0) / probs[kept].sum()
+    chosen = _next_tokens(logits, SamplingParams(temperature=1.0, top_p=top_p), torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(chosen, minlength=6) / len(chosen)
+    assert torch.all(frequencies[~kept] == 0)
+    # three standard errors of a frequency from 40,000 draws (about 0.0075 at p = 0.5)
+    assert torch.allclose(frequencies, expected, atol=3 * (0.25 / len(chosen)) ** 0.5)
