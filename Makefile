@@ -57,8 +57,9 @@ test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
 	BON_REQUIRE_BROWSER=1 $(VENV)/bin/pytest -q --durations=10 -m "not vllm and not slow"
 	BON_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -q --durations=5 -m "vllm and not slow"
 
-test-slow: $(STAMP)
-	$(VENV)/bin/pytest -q -m slow
+test-slow: $(STAMP) $(VLLM_STAMP)
+	$(VENV)/bin/pytest -q -m "slow and not vllm"
+	BON_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -q -m "slow and vllm"
 
 test-vllm: $(VLLM_STAMP)
 	BON_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -q --durations=5 -m "vllm and not slow"

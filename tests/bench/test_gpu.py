@@ -67,9 +67,11 @@ def test_the_ratios_and_the_floor():
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 def test_the_gpu_benchmark_rehearsed_on_the_cpu(tmp_path: Path):
     """The run a GPU gets, on tiny models: both servers start from the models it builds, every point is timed,
-    and the results carry what the issue asks for."""
+    and the results carry what the issue asks for. Two minutes of two vLLM engines starting on a CPU, so it runs
+    in `make test-slow`, and before each stay on a GPU."""
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "bench.gpu", "--out", str(out), "--shape", "tiny", "--device", "cpu", "--best-of",
