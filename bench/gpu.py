@@ -202,12 +202,11 @@ def _engine_flags(cfg: GpuBenchConfig) -> dict[str, Any]:
 
 
 def bon_command(cfg: GpuBenchConfig, models: dict[str, Any]) -> list[str]:
-    largest = max(*cfg.best_of, *cfg.step_best_of)
+    """bon's server of both models; the decode steps are vLLM's alone, so its largest best_of is the points'."""
     return [*BON_SERVE, "--policy", f"{POLICY}={models['policy']['path']}", "--reward", models["rm"]["path"],
             "--policy-backend", "vllm", "--vllm-engine-args", json.dumps(_engine_flags(cfg)), "--device",
-            cfg.device, "--max-best-of", str(largest), "--max-tokens", str(cfg.max_tokens),
-            "--default-max-tokens", str(cfg.max_tokens), "--max-inflight-tokens", str(largest * cfg.max_tokens),
-            "--log-level", "warning"]
+            cfg.device, "--max-best-of", str(max(cfg.best_of)), "--max-tokens", str(cfg.max_tokens),
+            "--default-max-tokens", str(cfg.max_tokens), "--log-level", "warning"]
 
 
 def vllm_command(cfg: GpuBenchConfig, models: dict[str, Any]) -> list[str]:
@@ -217,8 +216,6 @@ def vllm_command(cfg: GpuBenchConfig, models: dict[str, Any]) -> list[str]:
         flag = "--" + name.replace("_", "-")
         if value is True:
             command.append(flag)
-        elif name == "enable_prefix_caching" and value is False:
-            command.append("--no-enable-prefix-caching")
         else:
             command += [flag, str(value)]
     return command
